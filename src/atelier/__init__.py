@@ -1,0 +1,1 @@
+"""Atelier: isolated workspaces for developers and AI agents."""

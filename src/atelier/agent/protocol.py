@@ -1,0 +1,410 @@
+"""Wire protocol between the Atelier server and the in-sandbox agent.
+
+Standard library only: this module runs inside every sandbox.
+
+One byte stream (a unix socket) carries many concurrent *streams*. Every
+frame is a 10-byte header followed by a payload::
+
+    stream_id: u32   kind: u8   channel: u8   length: u32   payload[length]
+
+Kinds:
+
+* ``OPEN``   - host opens stream ``stream_id``; payload is a JSON request
+  ``{"op": "...", ...arguments}``. Only the host opens streams and never
+  reuses an id.
+* ``DATA``   - bytes on ``channel`` (0 = stdin / upload, 1 = stdout /
+  download, 2 = stderr). Counted against the receiver's window.
+* ``WINDOW`` - payload is a u32: the receiver grants the sender that many more
+  bytes of DATA on this stream (credit-based flow control, per stream, per
+  direction). Each side starts with :data:`INITIAL_WINDOW` bytes of credit.
+* ``EOF``    - no more DATA on ``channel`` from this side.
+* ``MSG``    - a JSON control message (``started``, ``exit``, ``resize``,
+  ``signal``, a result of a request, a watch event, ...).
+* ``ERROR``  - JSON ``{"code": ..., "message": ...}``; ends the stream.
+* ``CLOSE``  - ends the stream. Either side may send it; the receiver stops
+  using the stream (an agent handler treats it as "cancel").
+
+Because DATA is only sent against credit, neither side ever buffers more than
+one window per stream, however large the output or the upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "INITIAL_WINDOW",
+    "MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "Channel",
+    "Connection",
+    "ConnectionLost",
+    "Data",
+    "Eof",
+    "Kind",
+    "Msg",
+    "ProtocolError",
+    "RemoteError",
+    "Stream",
+    "StreamClosed",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!IBBI")
+MAX_PAYLOAD = 64 * 1024
+INITIAL_WINDOW = 1024 * 1024
+_GRANT_THRESHOLD = INITIAL_WINDOW // 4
+_MAX_CONTROL_PAYLOAD = 16 * 1024 * 1024
+
+
+class Kind(enum.IntEnum):
+    OPEN = 1
+    DATA = 2
+    WINDOW = 3
+    EOF = 4
+    MSG = 5
+    ERROR = 6
+    CLOSE = 7
+
+
+class Channel(enum.IntEnum):
+    STDIN = 0
+    STDOUT = 1
+    STDERR = 2
+
+
+class ProtocolError(Exception):
+    """The peer sent something this side cannot understand."""
+
+
+class ConnectionLost(Exception):
+    """The underlying connection went away while a stream was in use."""
+
+
+class StreamClosed(Exception):
+    """The stream was closed (by either side) and can no longer send."""
+
+
+class RemoteError(Exception):
+    """The peer ended a stream with an ERROR frame."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Eof:
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    body: dict[str, Any]
+
+
+Event = Data | Eof | Msg
+_END = object()
+
+
+def _encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Stream:
+    """One logical stream inside a :class:`Connection`."""
+
+    def __init__(self, conn: Connection, stream_id: int) -> None:
+        self._conn = conn
+        self.id = stream_id
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._send_credit = INITIAL_WINDOW
+        self._credit_changed = asyncio.Event()
+        self._unacked = 0
+        self._local_closed = False
+        self._remote_closed = False
+        self._error: BaseException | None = None
+        self.remote_closed_event = asyncio.Event()
+
+    # -- receiving -------------------------------------------------------
+    async def recv(self) -> Event | None:
+        """Next event from the peer; ``None`` once the peer closed the stream.
+
+        Raises :class:`RemoteError` if the peer ended the stream with an error
+        and :class:`ConnectionLost` if the connection died.
+        """
+        item = await self._events.get()
+        if item is _END:
+            self._events.put_nowait(_END)  # keep returning the end marker
+            if self._error is not None:
+                raise self._error
+            return None
+        if isinstance(item, Data):
+            self._grant(len(item.data))
+        return item  # type: ignore[no-any-return]
+
+    async def recv_msg(self) -> dict[str, Any]:
+        """Receive events until a MSG arrives (DATA/EOF before it are an error)."""
+        while True:
+            ev = await self.recv()
+            if ev is None:
+                raise StreamClosed(f"stream {self.id} closed before a reply")
+            if isinstance(ev, Msg):
+                return ev.body
+            raise ProtocolError(f"expected a message on stream {self.id}, got {ev!r}")
+
+    def _grant(self, n: int) -> None:
+        self._unacked += n
+        if self._unacked >= _GRANT_THRESHOLD and not self._remote_closed:
+            grant, self._unacked = self._unacked, 0
+            self._conn._write_frame(self.id, Kind.WINDOW, 0, struct.pack("!I", grant))
+
+    # -- sending ---------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._local_closed or self._remote_closed
+
+    def _check_open(self) -> None:
+        if self._error is not None and isinstance(self._error, ConnectionLost):
+            raise self._error
+        if self.closed:
+            raise StreamClosed(f"stream {self.id} is closed")
+
+    async def send(self, data: bytes | bytearray | memoryview, channel: int = Channel.STDIN) -> None:
+        """Send bytes, waiting for window credit as needed."""
+        view = memoryview(data)
+        while view:
+            self._check_open()
+            while self._send_credit <= 0:
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+                self._check_open()
+            n = min(len(view), self._send_credit, MAX_PAYLOAD)
+            self._conn._write_frame(self.id, Kind.DATA, channel, view[:n])
+            self._send_credit -= n
+            view = view[n:]
+        await self._conn._drain()
+
+    async def send_eof(self, channel: int = Channel.STDIN) -> None:
+        self._check_open()
+        self._conn._write_frame(self.id, Kind.EOF, channel, b"")
+        await self._conn._drain()
+
+    async def send_msg(self, body: dict[str, Any]) -> None:
+        self._check_open()
+        self._conn._write_frame(self.id, Kind.MSG, 0, _encode_json(body))
+        await self._conn._drain()
+
+    async def send_error(self, code: str, message: str, **details: Any) -> None:
+        """End the stream with an error (no-op if already closed)."""
+        if self.closed:
+            return
+        body = {"code": code, "message": message, **({"details": details} if details else {})}
+        self._conn._write_frame(self.id, Kind.ERROR, 0, _encode_json(body))
+        self._local_closed = True
+        self._conn._forget(self)
+        with contextlib.suppress(ConnectionLost):
+            await self._conn._drain()
+
+    async def close(self) -> None:
+        """End the stream (idempotent)."""
+        if self._local_closed:
+            return
+        self._local_closed = True
+        if not self._remote_closed:
+            self._conn._write_frame(self.id, Kind.CLOSE, 0, b"")
+            with contextlib.suppress(ConnectionLost):
+                await self._conn._drain()
+        self._conn._forget(self)
+        self._credit_changed.set()
+
+    # -- called by the connection ------------------------------------------
+    def _on_frame(self, kind: int, channel: int, payload: bytes) -> None:
+        if kind == Kind.DATA:
+            self._events.put_nowait(Data(channel, payload))
+        elif kind == Kind.WINDOW:
+            (grant,) = struct.unpack("!I", payload)
+            self._send_credit += grant
+            self._credit_changed.set()
+        elif kind == Kind.EOF:
+            self._events.put_nowait(Eof(channel))
+        elif kind == Kind.MSG:
+            self._events.put_nowait(Msg(json.loads(payload)))
+        elif kind == Kind.ERROR:
+            body = json.loads(payload)
+            self._finish(
+                RemoteError(
+                    str(body.get("code", "error")),
+                    str(body.get("message", "")),
+                    body.get("details"),
+                )
+            )
+        elif kind == Kind.CLOSE:
+            self._finish(None)
+        else:
+            raise ProtocolError(f"unexpected frame kind {kind} on stream {self.id}")
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._remote_closed:
+            return
+        self._remote_closed = True
+        self._error = error
+        self._events.put_nowait(_END)
+        self._credit_changed.set()
+        self.remote_closed_event.set()
+
+
+Handler = Callable[[Stream, dict[str, Any]], Awaitable[None]]
+
+
+class Connection:
+    """Frames, multiplexing and flow control over an asyncio stream pair.
+
+    The host side calls :meth:`open`; the agent side passes ``handler``, which
+    is run as a task for every stream the host opens.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: Handler | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._handler = handler
+        self._streams: dict[int, Stream] = {}
+        self._next_id = 1
+        self._lost: ConnectionLost | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._lost is None
+
+    # -- host side ----------------------------------------------------------
+    async def open(self, op: str, **args: Any) -> Stream:
+        """Open a stream for request ``op`` with JSON arguments ``args``."""
+        if self._lost is not None:
+            raise self._lost
+        sid = self._next_id
+        self._next_id += 1
+        stream = Stream(self, sid)
+        self._streams[sid] = stream
+        self._write_frame(sid, Kind.OPEN, 0, _encode_json({"op": op, **args}))
+        await self._drain()
+        return stream
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Open a stream, wait for its single reply message, close it."""
+        stream = await self.open(op, **args)
+        try:
+            return await stream.recv_msg()
+        finally:
+            await stream.close()
+
+    # -- both sides ---------------------------------------------------------
+    async def serve(self) -> None:
+        """Read frames until the connection ends; then fail every stream."""
+        reason = "connection closed"
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                sid, kind, channel, length = HEADER.unpack(header)
+                if length > _MAX_CONTROL_PAYLOAD:
+                    raise ProtocolError(f"frame of {length} bytes is too large")
+                payload = await self._reader.readexactly(length) if length else b""
+                self._dispatch(sid, kind, channel, payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc!r}"
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        finally:
+            self._fail_all(ConnectionLost(reason))
+
+    def _dispatch(self, sid: int, kind: int, channel: int, payload: bytes) -> None:
+        if kind == Kind.OPEN:
+            if self._handler is None:
+                raise ProtocolError("peer tried to open a stream")
+            stream = Stream(self, sid)
+            self._streams[sid] = stream
+            request = json.loads(payload)
+            task = asyncio.get_running_loop().create_task(self._run_handler(stream, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        stream = self._streams.get(sid)
+        if stream is None:
+            return  # late frame for a stream this side already forgot
+        stream._on_frame(kind, channel, payload)
+        if kind in (Kind.CLOSE, Kind.ERROR):
+            self._forget(stream)
+
+    async def _run_handler(self, stream: Stream, request: dict[str, Any]) -> None:
+        assert self._handler is not None
+        try:
+            await self._handler(stream, request)
+        except (ConnectionLost, StreamClosed):
+            pass
+        except Exception as exc:  # report, never crash the agent
+            with contextlib.suppress(ConnectionLost, StreamClosed):
+                await stream.send_error("internal", f"{type(exc).__name__}: {exc}")
+        finally:
+            with contextlib.suppress(ConnectionLost):
+                await stream.close()
+
+    def _write_frame(
+        self, sid: int, kind: int, channel: int, payload: bytes | memoryview
+    ) -> None:
+        if self._lost is not None:
+            raise self._lost
+        self._writer.write(HEADER.pack(sid, kind, channel, len(payload)))
+        if payload:
+            self._writer.write(payload)
+
+    async def _drain(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._fail_all(ConnectionLost(f"connection lost: {exc!r}"))
+            raise ConnectionLost(str(exc)) from exc
+
+    def _forget(self, stream: Stream) -> None:
+        # Once either side ended a stream, frames that still arrive for it
+        # (late DATA/WINDOW) are dropped by _dispatch.
+        self._streams.pop(stream.id, None)
+
+    def _fail_all(self, exc: ConnectionLost) -> None:
+        if self._lost is None:
+            self._lost = exc
+        for stream in list(self._streams.values()):
+            stream._finish(exc)
+        self._streams.clear()
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self.closed.set()
+
+    async def aclose(self) -> None:
+        self._fail_all(ConnectionLost("closed by this side"))
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()

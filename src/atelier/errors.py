@@ -1,0 +1,227 @@
+"""The one exception hierarchy of Atelier, shared by server, SDK and CLI.
+
+Every error carries a stable machine-readable ``code`` (what API clients and
+the SDK switch on), a human ``message`` and optional structured ``details``.
+The HTTP status of each class is data (``status``); the API layer turns any
+:class:`AtelierError` into ``{"code", "message", "details"}`` with that status,
+and the SDK turns such a body back into the same class via :func:`from_payload`.
+
+::
+
+    AtelierError (500 internal)
+    ├── InvalidRequest (400 invalid_request)
+    │   ├── InvalidPath (400 invalid_path)
+    │   ├── IsADirectory (400 is_a_directory)
+    │   └── NotADirectory (400 not_a_directory)
+    ├── AuthenticationError (401 unauthenticated)
+    ├── PermissionDenied (403 forbidden)
+    │   └── FilePermissionDenied (403 permission_denied)
+    ├── NotFound (404 not_found)
+    │   ├── SandboxNotFound (404 sandbox_not_found)
+    │   ├── TemplateNotFound (404 template_not_found)
+    │   ├── ProcessNotFound (404 process_not_found)
+    │   ├── FileNotFound (404 file_not_found)
+    │   └── TokenNotFound (404 token_not_found)
+    ├── Conflict (409 conflict)
+    │   ├── InvalidStateTransition (409 invalid_state)
+    │   ├── FileExists (409 file_exists)
+    │   └── DirectoryNotEmpty (409 directory_not_empty)
+    ├── ValidationFailed (422 validation_error)
+    ├── RateLimited (429 rate_limited)
+    ├── SandboxFailure (500 sandbox_error)       - a runtime or agent failed
+    │   ├── RuntimeFailure (500 runtime_error)
+    │   └── AgentFailure (500 agent_error)
+    ├── ServiceUnavailable (503 unavailable)
+    │   └── RuntimeUnavailable (503 runtime_unavailable)
+    └── ApiConnectionError (503 connection_error) - SDK: server unreachable
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgentFailure",
+    "ApiConnectionError",
+    "AtelierError",
+    "AuthenticationError",
+    "Conflict",
+    "DirectoryNotEmpty",
+    "FileExists",
+    "FileNotFound",
+    "FilePermissionDenied",
+    "InvalidPath",
+    "InvalidRequest",
+    "InvalidStateTransition",
+    "IsADirectory",
+    "NotADirectory",
+    "NotFound",
+    "PermissionDenied",
+    "ProcessNotFound",
+    "RateLimited",
+    "RuntimeFailure",
+    "RuntimeUnavailable",
+    "SandboxFailure",
+    "SandboxNotFound",
+    "ServiceUnavailable",
+    "TemplateNotFound",
+    "TokenNotFound",
+    "ValidationFailed",
+    "error_class_for",
+    "from_payload",
+]
+
+
+class AtelierError(Exception):
+    """Root of every error Atelier raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidRequest(AtelierError):
+    status, code = 400, "invalid_request"
+
+
+class InvalidPath(InvalidRequest):
+    code = "invalid_path"
+
+
+class IsADirectory(InvalidRequest):
+    code = "is_a_directory"
+
+
+class NotADirectory(InvalidRequest):
+    code = "not_a_directory"
+
+
+class AuthenticationError(AtelierError):
+    status, code = 401, "unauthenticated"
+
+
+class PermissionDenied(AtelierError):
+    status, code = 403, "forbidden"
+
+
+class FilePermissionDenied(PermissionDenied):
+    code = "permission_denied"
+
+
+class NotFound(AtelierError):
+    status, code = 404, "not_found"
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+
+class TemplateNotFound(NotFound):
+    code = "template_not_found"
+
+
+class ProcessNotFound(NotFound):
+    code = "process_not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+
+
+class Conflict(AtelierError):
+    status, code = 409, "conflict"
+
+
+class InvalidStateTransition(Conflict):
+    code = "invalid_state"
+
+
+class FileExists(Conflict):
+    code = "file_exists"
+
+
+class DirectoryNotEmpty(Conflict):
+    code = "directory_not_empty"
+
+
+class ValidationFailed(AtelierError):
+    status, code = 422, "validation_error"
+
+
+class RateLimited(AtelierError):
+    status, code = 429, "rate_limited"
+
+
+class SandboxFailure(AtelierError):
+    status, code = 500, "sandbox_error"
+
+
+class RuntimeFailure(SandboxFailure):
+    code = "runtime_error"
+
+
+class AgentFailure(SandboxFailure):
+    code = "agent_error"
+
+
+class ServiceUnavailable(AtelierError):
+    status, code = 503, "unavailable"
+
+
+class RuntimeUnavailable(ServiceUnavailable):
+    code = "runtime_unavailable"
+
+
+class ApiConnectionError(ServiceUnavailable):
+    code = "connection_error"
+
+
+def _all_subclasses(cls: type[AtelierError]) -> list[type[AtelierError]]:
+    out: list[type[AtelierError]] = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_BY_CODE: dict[str, type[AtelierError]] = {c.code: c for c in _all_subclasses(AtelierError)}
+_BY_STATUS: dict[int, type[AtelierError]] = {
+    400: InvalidRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    422: ValidationFailed,
+    429: RateLimited,
+    503: ServiceUnavailable,
+}
+
+
+def error_class_for(code: str, status: int | None = None) -> type[AtelierError]:
+    """The class for a wire ``code``; falls back on the HTTP status, then the root."""
+    if code in _BY_CODE:
+        return _BY_CODE[code]
+    if status is not None and status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return AtelierError
+
+
+def from_payload(payload: dict[str, Any], status: int | None = None) -> AtelierError:
+    """Rebuild an error from an API error body ``{"code", "message", "details"}``."""
+    code = str(payload.get("code", "internal"))
+    cls = error_class_for(code, status)
+    err = cls(str(payload.get("message", code)), details=payload.get("details") or None)
+    return err

@@ -1,0 +1,104 @@
+"""The runtime contract: what every isolation backend implements.
+
+A runtime turns a :class:`SandboxSpec` into an isolated machine running the
+Atelier agent, and exposes the agent's host-side unix socket. It knows nothing
+about the database, the API or the agent protocol.
+
+Backend differences are data: :meth:`Runtime.capabilities` returns
+:class:`Capability` flags and callers check them before calling an optional
+verb. A runtime never fakes a capability; an optional verb it lacks raises
+:class:`~atelier.errors.RuntimeUnavailable`.
+
+Every verb is idempotent where that makes sense (``destroy`` of an unknown id
+succeeds; ``stop`` of a stopped sandbox succeeds) so that the reconciler can
+retry after a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "Capability",
+    "Runtime",
+    "RuntimeAvailability",
+    "RuntimeState",
+    "SandboxSpec",
+]
+
+
+class Capability(enum.Flag):
+    NONE = 0
+    PAUSE = enum.auto()  # pause/resume keeping memory
+    MEMORY_SNAPSHOT = enum.auto()  # snapshot/restore memory + device state
+    PERSISTENT_DISK = enum.auto()  # files survive stop/start
+    HOT_RESIZE = enum.auto()  # change vcpus/memory of a running sandbox
+
+
+class RuntimeState(enum.Enum):
+    ABSENT = "absent"  # nothing on the host for this id
+    CREATED = "created"  # disk/bundle prepared, nothing running
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # was running; processes gone, disk kept
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    sandbox_id: str
+    template: str
+    rootfs: Path  # the template's read-only root filesystem tree
+    vcpus: int = 1
+    memory_mib: int = 512
+    disk_mib: int = 2048
+    hostname: str = "sandbox"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeAvailability:
+    name: str
+    available: bool
+    reason: str  # why not, or a short description of how it runs here
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """One isolation backend. All verbs are async and safe to retry."""
+
+    name: str
+
+    def capabilities(self) -> Capability: ...
+
+    def availability(self) -> RuntimeAvailability: ...
+
+    async def create(self, spec: SandboxSpec) -> None:
+        """Prepare everything for the sandbox (disk layer, bundle); start nothing."""
+
+    async def start(self, sandbox_id: str) -> None:
+        """Boot the sandbox and its agent. Returns once the agent process runs;
+        the caller waits for the agent socket to answer."""
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop every process of the sandbox; keep its disk."""
+
+    async def pause(self, sandbox_id: str) -> None: ...
+
+    async def resume(self, sandbox_id: str) -> None: ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove everything the sandbox has on the host. Unknown id: no-op."""
+
+    async def state(self, sandbox_id: str) -> RuntimeState: ...
+
+    async def list_ids(self) -> list[str]:
+        """Ids of every sandbox that has anything on this host (for reconciling)."""
+
+    def agent_socket(self, sandbox_id: str) -> Path:
+        """Host path of the unix socket the sandbox's agent listens on."""
+
+    def log_path(self, sandbox_id: str) -> Path:
+        """Host path of the sandbox's runtime log (kept until destroy)."""
