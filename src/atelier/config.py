@@ -1,0 +1,101 @@
+"""Settings, in one place.
+
+Sources, highest priority first: keyword arguments, ``ATELIER_*`` environment
+variables, the TOML file named by ``ATELIER_CONFIG`` (default
+``/etc/atelier/config.toml`` if it exists), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings"]
+
+DEFAULT_CONFIG_FILE = Path("/etc/atelier/config.toml")
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get("ATELIER_CONFIG")
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    data_dir: Path = Field(Path("/var/lib/atelier"), description="Where Atelier keeps its state.")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file in the data dir."
+    )
+    default_runtime: str = "gvisor"
+    default_template: str = "base"
+    pool_size: int = Field(2, ge=0, description="Pre-started sandboxes kept per default template.")
+    reconcile_interval: float = Field(1.0, gt=0, description="Seconds between reconciler passes.")
+    runsc_bin: str = "runsc"
+    runsc_platform: str | None = Field(None, description="Force a runsc platform (default: probe).")
+    debian_mirror: str = "http://deb.debian.org/debian"
+    debian_suite: str = "bookworm"
+    max_vcpus: int = Field(16, ge=1)
+    max_memory_mib: int = Field(65536, ge=64)
+    max_disk_mib: int = Field(1024 * 1024, ge=64)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # -- derived paths -------------------------------------------------------
+    @cached_property
+    def templates_dir(self) -> Path:
+        return self.data_dir / "templates"
+
+    @cached_property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"
+
+    @cached_property
+    def runsc_root(self) -> Path:
+        return self.data_dir / "runsc"
+
+    @cached_property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @cached_property
+    def server_log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @cached_property
+    def server_pid_file(self) -> Path:
+        return self.data_dir / "server.pid"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'atelier.db'}"
