@@ -1,0 +1,84 @@
+"""The FastAPI application and its lifespan (start-up recovery, background loops)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..config import Settings
+from ..core.agents import AgentConnections
+from ..core.auth import TokenService
+from ..core.pool import WarmPool
+from ..core.reconciler import Reconciler
+from ..core.service import SandboxService
+from ..images.store import TemplateStore
+from ..runtimes.base import Runtime
+from ..runtimes.registry import RuntimeRegistry
+from ..store.db import Database
+from ..store.repository import Repository
+from .deps import AppContext
+from .errors import install_error_handlers
+from .routes import commands, files, pty, sandboxes, system
+
+__all__ = ["create_app", "default_runtimes"]
+
+log = logging.getLogger("atelier.server")
+
+
+def default_runtimes(settings: Settings) -> list[Runtime]:
+    from ..runtimes.gvisor.runtime import GVisorRuntime
+
+    return [GVisorRuntime(settings)]
+
+
+def create_app(settings: Settings | None = None, runtimes: list[Runtime] | None = None) -> FastAPI:
+    """Build the app. ``runtimes`` replaces the host's runtimes (unit tests only)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        await db.migrate()
+        repo = Repository(db)
+        tokens = TokenService(repo)
+        if await tokens.ensure_admin_token(settings.admin_token_file):
+            log.warning("created the admin API token in %s", settings.admin_token_file)
+        registry = RuntimeRegistry(
+            runtimes if runtimes is not None else default_runtimes(settings),
+            default=settings.default_runtime,
+        )
+        templates = TemplateStore(settings)
+        agents = AgentConnections(registry)
+        service = SandboxService(settings, repo, registry, templates, agents)
+        pool = WarmPool(settings, service)
+        service.claim_pooled = pool.claim
+        reconciler = Reconciler(service, settings.reconcile_interval)
+        app.state.ctx = AppContext(settings, repo, tokens, service, templates, registry)
+        app.state.pool = pool
+        await reconciler.recover()
+        reconciler.start()
+        pool.start()
+        log.info("atelier %s serving with data dir %s", __version__, settings.data_dir)
+        try:
+            yield
+        finally:
+            await pool.stop()
+            await reconciler.stop()
+            await agents.close_all()
+            await db.close()
+
+    app = FastAPI(
+        title="Atelier",
+        version=__version__,
+        description="Isolated workspaces for developers and AI agents. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (system, sandboxes, commands, files, pty):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,86 @@
+"""Sandbox lifecycle routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from ...core.models import CreateRequest, SandboxState
+from ...errors import InvalidRequest
+from ..deps import Auth, Ctx
+from ..schemas import SandboxCreate, SandboxList, SandboxOut, TimeoutBody
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+
+def parse_labels(raw: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"label filter {item!r} must look like key=value")
+        labels[key] = value
+    return labels
+
+
+@router.post("", status_code=201, response_model=SandboxOut)
+async def create_sandbox(body: SandboxCreate, ctx: Ctx, principal: Auth) -> SandboxOut:
+    req = CreateRequest(
+        template=body.template,
+        runtime=body.runtime,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        disk_mib=body.disk_mib,
+        env=body.env,
+        labels=body.labels,
+        timeout=body.timeout,
+    )
+    return SandboxOut.of(await ctx.sandboxes.create(principal, req))
+
+
+@router.get("", response_model=SandboxList)
+async def list_sandboxes(
+    ctx: Ctx,
+    principal: Auth,
+    state: Annotated[list[SandboxState] | None, Query()] = None,
+    label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
+) -> SandboxList:
+    records = await ctx.sandboxes.list(principal, states=state, labels=parse_labels(label or []))
+    return SandboxList(sandboxes=[SandboxOut.of(r) for r in records])
+
+
+@router.get("/{sandbox_id}", response_model=SandboxOut)
+async def get_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    return SandboxOut.of(await ctx.sandboxes.get(principal, sandbox_id))
+
+
+@router.delete("/{sandbox_id}", status_code=204, response_class=Response)
+async def delete_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> Response:
+    await ctx.sandboxes.delete(principal, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/stop", response_model=SandboxOut)
+async def stop_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    return SandboxOut.of(await ctx.sandboxes.stop(principal, sandbox_id))
+
+
+@router.post("/{sandbox_id}/start", response_model=SandboxOut)
+async def start_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    return SandboxOut.of(await ctx.sandboxes.start(principal, sandbox_id))
+
+
+@router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
+async def set_timeout(sandbox_id: str, body: TimeoutBody, ctx: Ctx, principal: Auth) -> SandboxOut:
+    return SandboxOut.of(await ctx.sandboxes.set_timeout(principal, sandbox_id, body.timeout))
+
+
+@router.get("/{sandbox_id}/logs", response_class=PlainTextResponse)
+async def sandbox_logs(
+    sandbox_id: str, ctx: Ctx, principal: Auth, tail: Annotated[int | None, Query(ge=1)] = None
+) -> PlainTextResponse:
+    return PlainTextResponse(await ctx.sandboxes.logs(principal, sandbox_id, tail))

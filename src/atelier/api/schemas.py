@@ -1,0 +1,183 @@
+"""Request and response bodies of the REST API (see docs/api.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..core.models import SandboxRecord, SandboxState
+
+__all__ = [
+    "ChmodBody",
+    "CommandBody",
+    "ErrorBody",
+    "InfoOut",
+    "MkdirBody",
+    "RenameBody",
+    "SandboxCreate",
+    "SandboxList",
+    "SandboxOut",
+    "SignalBody",
+    "TemplateList",
+    "TemplateOut",
+    "TimeoutBody",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenList",
+    "TokenOut",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class SandboxCreate(_Body):
+    template: str = Field("base", min_length=1, max_length=200)
+    runtime: str | None = None
+    vcpus: int = Field(1, ge=1)
+    memory_mib: int = Field(512, ge=64)
+    disk_mib: int = Field(2048, ge=64)
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    timeout: int | None = Field(300, gt=0, description="Seconds until auto-stop; null = never.")
+
+
+class SandboxOut(BaseModel):
+    id: str
+    template: str
+    runtime: str
+    state: SandboxState
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    env: dict[str, str]
+    labels: dict[str, str]
+    timeout: int | None
+    expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def of(cls, rec: SandboxRecord) -> SandboxOut:
+        return cls(
+            id=rec.id,
+            template=rec.template,
+            runtime=rec.runtime,
+            state=rec.state,
+            vcpus=rec.vcpus,
+            memory_mib=rec.memory_mib,
+            disk_mib=rec.disk_mib,
+            env=rec.env,
+            labels=rec.labels,
+            timeout=rec.timeout,
+            expires_at=rec.expires_at,
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            error=rec.error,
+        )
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[SandboxOut]
+
+
+class TimeoutBody(_Body):
+    timeout: int | None = Field(..., gt=0)
+
+
+class CommandBody(_Body):
+    cmd: str | None = None
+    argv: list[str] | None = Field(None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    timeout: float | None = Field(None, gt=0)
+    stdin: str | None = None
+    keep_stdin_open: bool = False
+    background: bool = False
+    tag: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of_cmd_argv(self) -> CommandBody:
+        if (self.cmd is None) == (self.argv is None):
+            raise ValueError("give exactly one of 'cmd' (a shell string) or 'argv' (a list)")
+        return self
+
+
+class SignalBody(_Body):
+    signal: str | int = "SIGTERM"
+
+
+class MkdirBody(_Body):
+    path: str
+    parents: bool = True
+    mode: str = Field("0755", pattern=r"^0?[0-7]{3,4}$")
+    user: str | None = None
+
+
+class RenameBody(_Body):
+    source: str
+    destination: str
+
+
+class ChmodBody(_Body):
+    path: str
+    mode: str = Field(..., pattern=r"^0?[0-7]{3,4}$")
+
+
+class TemplateOut(BaseModel):
+    name: str
+    runtime: str
+    ready: bool
+    size_bytes: int | None
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateOut]
+
+
+class RuntimeOut(BaseModel):
+    name: str
+    available: bool
+    reason: str
+
+
+class InfoOut(BaseModel):
+    version: str
+    runtimes: list[RuntimeOut]
+    templates: list[TemplateOut]
+
+
+class TokenCreate(_Body):
+    name: str = Field(..., min_length=1, max_length=200)
+    admin: bool = False
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    admin: bool
+    created_at: datetime
+
+
+class TokenCreated(TokenOut):
+    token: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str

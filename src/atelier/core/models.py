@@ -1,0 +1,101 @@
+"""Domain model of the control plane: sandboxes, their lifecycle, tokens.
+
+The lifecycle is an explicit state machine; :func:`check_transition` is the
+only place that decides what may follow what, and illegal moves raise
+:class:`~atelier.errors.InvalidStateTransition` (HTTP 409).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..errors import InvalidStateTransition
+
+__all__ = [
+    "TRANSITIONS",
+    "CreateRequest",
+    "SandboxRecord",
+    "SandboxState",
+    "TokenRecord",
+    "check_transition",
+]
+
+
+class SandboxState(enum.StrEnum):
+    CREATING = "creating"  # disk and bundle being prepared, first boot
+    STARTING = "starting"  # booting again after a stop
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+S = SandboxState
+TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
+    S.CREATING: frozenset({S.RUNNING, S.ERROR, S.DELETED}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.ERROR, S.DELETED}),
+    S.RUNNING: frozenset({S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.DELETED}),
+    S.STOPPED: frozenset({S.STARTING, S.ERROR, S.DELETED}),
+    S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETED}),
+    S.DELETED: frozenset(),
+}
+
+_VERBS = {
+    S.STARTING: "start",
+    S.STOPPING: "stop",
+    S.DELETED: "delete",
+}
+
+
+def check_transition(sandbox_id: str, current: SandboxState, target: SandboxState) -> None:
+    """Raise :class:`InvalidStateTransition` unless ``current → target`` is legal."""
+    if target not in TRANSITIONS[current]:
+        verb = _VERBS.get(target, f"move to {target.value}")
+        raise InvalidStateTransition(
+            f"cannot {verb} sandbox {sandbox_id}: it is {current.value}",
+            details={"state": current.value, "target": target.value},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    template: str
+    runtime: str | None
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    timeout: int | None = 300
+
+
+@dataclass(slots=True)
+class SandboxRecord:
+    id: str
+    owner: str | None
+    template: str
+    runtime: str
+    state: SandboxState
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    env: dict[str, str]
+    labels: dict[str, str]
+    timeout: int | None
+    expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None = None
+    error: str | None = None
+    pooled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    name: str
+    admin: bool
+    created_at: datetime

@@ -1,0 +1,114 @@
+"""Warm pool: pre-started sandboxes of the default template, handed out on create.
+
+A pooled sandbox is an ordinary running sandbox with ``pooled=True`` and no
+owner, hidden from every listing. ``claim`` turns one into the caller's
+sandbox in a single compare-and-set update, so a create that hits the pool
+costs one database write instead of a boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..config import Settings
+from ..store.repository import utcnow
+from .auth import Principal
+from .models import CreateRequest, SandboxRecord, SandboxState
+from .service import SandboxService, _expiry
+
+__all__ = ["WarmPool"]
+
+log = logging.getLogger("atelier.pool")
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MIB = 512
+DEFAULT_DISK_MIB = 2048
+
+
+class WarmPool:
+    def __init__(self, settings: Settings, service: SandboxService) -> None:
+        self.settings = settings
+        self.service = service
+        self.size = settings.pool_size
+        self._refill: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def pool_request(self) -> CreateRequest:
+        return CreateRequest(
+            template=self.settings.default_template,
+            runtime=None,
+            vcpus=DEFAULT_VCPUS,
+            memory_mib=DEFAULT_MEMORY_MIB,
+            disk_mib=DEFAULT_DISK_MIB,
+            timeout=None,
+        )
+
+    def matches(self, req: CreateRequest) -> bool:
+        pool = self.pool_request()
+        return (
+            self.size > 0
+            and req.template == pool.template
+            and req.runtime in (None, self.settings.default_runtime)
+            and (req.vcpus, req.memory_mib, req.disk_mib)
+            == (pool.vcpus, pool.memory_mib, pool.disk_mib)
+        )
+
+    async def claim(self, req: CreateRequest, principal: Principal) -> SandboxRecord | None:
+        if not self.matches(req):
+            return None
+        rec = await self.service.repo.claim_pooled(
+            req.template,
+            self.settings.default_runtime,
+            vcpus=req.vcpus,
+            memory_mib=req.memory_mib,
+            disk_mib=req.disk_mib,
+            owner=principal.token_id,
+            env=dict(req.env),
+            labels=dict(req.labels),
+            timeout=req.timeout,
+            expires_at=_expiry(req.timeout),
+            created_at=utcnow(),
+        )
+        self._wake.set()
+        return rec
+
+    async def count(self) -> int:
+        members = await self.service.repo.list_sandboxes(
+            states=[SandboxState.RUNNING, SandboxState.CREATING], pooled=True
+        )
+        return len(members)
+
+    async def fill_once(self) -> None:
+        """Boot pooled sandboxes until the pool has ``size`` members."""
+        while self.size > 0 and await self.count() < self.size:
+            try:
+                self.service.validate(self.pool_request())
+                await self.service.provision(self.pool_request(), owner=None, pooled=True)
+            except Exception as exc:
+                log.warning("warm pool could not start a sandbox: %s", exc)
+                return
+
+    async def _run(self) -> None:
+        while True:
+            await self.fill_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=30)
+
+    def start(self) -> None:
+        if self.size > 0 and self._refill is None:
+            self._refill = asyncio.get_running_loop().create_task(self._run(), name="warm-pool")
+
+    async def stop(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+            self._refill = None
+
+    async def drain(self) -> None:
+        """Delete every pooled sandbox (used when the pool is resized to 0)."""
+        for rec in await self.service.repo.list_sandboxes(pooled=True):
+            with contextlib.suppress(Exception):
+                await self.service.delete(None, rec.id)

@@ -1,0 +1,79 @@
+"""Reconciler: makes the host match the database, after a crash and every tick.
+
+At start-up (``recover``): sandboxes left mid-operation are finished or
+undone, running ones are re-adopted (or marked stopped if they died), and
+anything a runtime holds that the database does not know is destroyed.
+Every tick (``tick``): sandboxes whose timeout passed are stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..errors import AtelierError
+from ..store.repository import utcnow
+from .models import SandboxState
+from .service import SandboxService
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("atelier.reconciler")
+S = SandboxState
+_LIVE = [S.CREATING, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED, S.ERROR]
+
+
+class Reconciler:
+    def __init__(self, service: SandboxService, interval: float = 1.0) -> None:
+        self.service = service
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def recover(self) -> None:
+        repo = self.service.repo
+        records = await repo.list_sandboxes(states=_LIVE, pooled=None)
+        known = {rec.id for rec in records}
+        for rec in records:
+            try:
+                await self.service.recover(rec)
+            except Exception as exc:
+                log.error("could not recover sandbox %s: %s", rec.id, exc)
+        for runtime in self.service.runtimes.all():
+            if not runtime.availability().available:
+                continue
+            for orphan in set(await runtime.list_ids()) - known:
+                log.info("destroying orphaned %s sandbox %s", runtime.name, orphan)
+                with contextlib.suppress(Exception):
+                    await runtime.destroy(orphan)
+                await repo.record_event("recover_orphan", orphan, "system", runtime=runtime.name)
+
+    async def tick(self) -> None:
+        repo = self.service.repo
+        now = utcnow()
+        for rec in await repo.list_sandboxes(states=[S.RUNNING]):
+            if rec.expires_at is not None and rec.expires_at <= now:
+                log.info("sandbox %s reached its timeout; stopping it", rec.id)
+                try:
+                    await self.service.stop(None, rec.id)
+                except AtelierError as exc:
+                    log.warning("auto-stop of %s failed: %s", rec.id, exc)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("reconciler tick failed")
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

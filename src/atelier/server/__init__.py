@@ -1,0 +1,1 @@
+"""The ``atelier server`` process."""
