@@ -1,0 +1,1 @@
+"""The ``atelier`` command line: a thin Typer + Rich layer over the SDK (``main.app``)."""

@@ -1,0 +1,230 @@
+"""Typed views of the JSON objects of the REST API (``docs/api.md``).
+
+Every model is a frozen dataclass with a ``from_json`` constructor; datetimes
+are parsed into timezone-aware :class:`datetime.datetime` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+__all__ = [
+    "CommandEvent",
+    "CommandResult",
+    "Exit",
+    "FileEvent",
+    "FileInfo",
+    "ProcessInfo",
+    "SandboxInfo",
+    "SandboxState",
+    "Started",
+    "Stderr",
+    "Stdout",
+    "parse_datetime",
+]
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp (``Z`` suffix allowed) or ``None``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _str_dict(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class SandboxState(StrEnum):
+    """The lifecycle states of a sandbox (compare ``SandboxInfo.state`` with these)."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the server describes it."""
+
+    id: str
+    template: str
+    runtime: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    timeout: int | None = None
+    expires_at: datetime | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            id=str(data["id"]),
+            template=str(data.get("template", "")),
+            runtime=str(data.get("runtime", "")),
+            state=str(data.get("state", "")),
+            vcpus=int(data.get("vcpus", 0)),
+            memory_mib=int(data.get("memory_mib", 0)),
+            disk_mib=int(data.get("disk_mib", 0)),
+            env=_str_dict(data.get("env")),
+            labels=_str_dict(data.get("labels")),
+            timeout=_opt_int(data.get("timeout")),
+            expires_at=parse_datetime(data.get("expires_at")),
+            created_at=parse_datetime(data.get("created_at")),
+            started_at=parse_datetime(data.get("started_at")),
+            error=None if data.get("error") is None else str(data["error"]),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A process started through the commands API."""
+
+    pid: int
+    cmd: str | None = None
+    argv: list[str] | None = None
+    tag: str | None = None
+    user: str | None = None
+    cwd: str | None = None
+    background: bool = False
+    running: bool = False
+    exit_code: int | None = None
+    started_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessInfo:
+        argv = data.get("argv")
+        return cls(
+            pid=int(data["pid"]),
+            cmd=data.get("cmd"),
+            argv=None if argv is None else [str(a) for a in argv],
+            tag=data.get("tag"),
+            user=data.get("user"),
+            cwd=data.get("cwd"),
+            background=bool(data.get("background", False)),
+            running=bool(data.get("running", False)),
+            exit_code=_opt_int(data.get("exit_code")),
+            started_at=parse_datetime(data.get("started_at")),
+        )
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of a finished command.
+
+    A nonzero ``exit_code`` does not raise: check ``result.ok`` or
+    ``result.exit_code`` yourself.
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    signal: str | int | None = None
+    timed_out: bool = False
+    pid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the command exited with status 0."""
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class Started:
+    """The process started (first event of a command stream)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Stdout:
+    """A piece of standard output (UTF-8 decoded, invalid bytes replaced)."""
+
+    data: str
+
+
+@dataclass(frozen=True)
+class Stderr:
+    """A piece of standard error (UTF-8 decoded, invalid bytes replaced)."""
+
+    data: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    """The process ended (last event of a command stream)."""
+
+    exit_code: int
+    signal: str | int | None = None
+    timed_out: bool = False
+
+
+CommandEvent: TypeAlias = Started | Stdout | Stderr | Exit
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file, directory or symlink inside a sandbox."""
+
+    name: str
+    path: str
+    type: str
+    size: int = 0
+    mode: str = ""
+    owner: str | None = None
+    group: str | None = None
+    modified_at: datetime | None = None
+    symlink_target: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        return self.type == "file"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileInfo:
+        return cls(
+            name=str(data.get("name", "")),
+            path=str(data["path"]),
+            type=str(data.get("type", "other")),
+            size=int(data.get("size") or 0),
+            mode=str(data.get("mode") or ""),
+            owner=data.get("owner"),
+            group=data.get("group"),
+            modified_at=parse_datetime(data.get("modified_at")),
+            symlink_target=data.get("symlink_target"),
+        )
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """A change seen by ``files.watch``: ``type`` is create, modify, delete or rename."""
+
+    type: str
+    path: str
+    is_dir: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileEvent:
+        return cls(type=str(data["type"]), path=str(data["path"]), is_dir=bool(data.get("is_dir")))

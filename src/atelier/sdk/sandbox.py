@@ -1,0 +1,351 @@
+"""``Sandbox`` (sync) and ``AsyncSandbox``: the entry points of the SDK.
+
+::
+
+    from atelier import Sandbox
+
+    with Sandbox.create(template="base") as sb:        # deleted on exit
+        print(sb.commands.run("python3 -c 'print(6*7)'").stdout)
+        sb.files.write("/home/user/a.txt", "hello")
+
+Configuration: ``api_url`` (default ``$ATELIER_URL`` or ``http://127.0.0.1:8080``)
+and ``token`` (default ``$ATELIER_TOKEN``; missing → ``AuthenticationError``
+before any request). ``transport`` injects an ``httpx`` transport (tests).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from atelier.errors import AtelierError, SandboxNotFound
+from atelier.sdk import _api as api
+from atelier.sdk._base import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from atelier.sdk._http import AsyncHttp, SyncHttp
+from atelier.sdk.commands import AsyncCommands, Commands
+from atelier.sdk.files import AsyncFiles, Files
+from atelier.sdk.models import SandboxInfo, SandboxState
+from atelier.sdk.pty import AsyncPty, Pty
+
+__all__ = ["AsyncSandbox", "Sandbox"]
+
+
+def _deleted(info: SandboxInfo) -> SandboxInfo:
+    return dataclasses.replace(info, state=SandboxState.DELETED.value)
+
+
+class Sandbox:
+    """A sandbox, with ``commands``, ``files`` and ``pty`` hanging off it."""
+
+    def __init__(self, info: SandboxInfo, http: SyncHttp) -> None:
+        self._http = http
+        self._info = info
+        self.commands = Commands(http, info.id)
+        self.files = Files(http, info.id)
+        self.pty = Pty(http.config, info.id)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, state={self._info.state!r})"
+
+    @staticmethod
+    def _open_http(
+        api_url: str | None,
+        token: str | None,
+        request_timeout: float | None,
+        transport: httpx.BaseTransport | None,
+    ) -> SyncHttp:
+        return SyncHttp(ConnectionConfig.resolve(api_url, token, request_timeout), transport)
+
+    @classmethod
+    def create(
+        cls,
+        template: str = "base",
+        *,
+        timeout: int | None = 300,
+        vcpus: int = 1,
+        memory_mib: int = 512,
+        disk_mib: int = 2048,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        runtime: str | None = None,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Self:
+        """Create and start a sandbox; ``timeout`` seconds until it is stopped (None = never)."""
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        call = api.create_sandbox(
+            template=template,
+            runtime=runtime,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_mib=disk_mib,
+            env=env,
+            labels=labels,
+            timeout=timeout,
+        )
+        try:
+            return cls(http.call(call), http)
+        except BaseException:
+            http.close()
+            raise
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Self:
+        """Attach to an existing sandbox (``SandboxNotFound`` if there is none)."""
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        try:
+            return cls(http.call(api.get_sandbox(sandbox_id)), http)
+        except BaseException:
+            http.close()
+            raise
+
+    @classmethod
+    def list(
+        cls,
+        state: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Sandboxes visible to the token, filtered by state and labels."""
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        try:
+            return http.call(api.list_sandboxes(state, labels))
+        finally:
+            http.close()
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The last known state (refresh with :meth:`get_info`)."""
+        return self._info
+
+    def get_info(self) -> SandboxInfo:
+        self._info = self._http.call(api.get_sandbox(self.id))
+        return self._info
+
+    def is_running(self) -> bool:
+        return self.get_info().state == SandboxState.RUNNING
+
+    def stop(self) -> SandboxInfo:
+        self._info = self._http.call(api.stop_sandbox(self.id))
+        return self._info
+
+    def start(self) -> SandboxInfo:
+        self._info = self._http.call(api.start_sandbox(self.id))
+        return self._info
+
+    def set_timeout(self, seconds: int | None) -> SandboxInfo:
+        """Stop the sandbox ``seconds`` from now (``None``: never)."""
+        self._info = self._http.call(api.set_timeout(self.id, seconds))
+        return self._info
+
+    def logs(self, tail: int | None = None) -> str:
+        """The sandbox's runtime + agent log (last ``tail`` lines)."""
+        return self._http.call(api.sandbox_logs(self.id, tail))
+
+    def kill(self) -> bool:
+        """Delete the sandbox; ``False`` if it was already gone."""
+        try:
+            self._http.call(api.delete_sandbox(self.id))
+        except SandboxNotFound:
+            self._info = _deleted(self._info)
+            return False
+        self._info = _deleted(self._info)
+        return True
+
+    delete = kill
+
+    def close(self) -> None:
+        """Release the HTTP connection pool (the sandbox keeps running)."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.kill()
+        except AtelierError:
+            if exc is None:
+                raise
+        finally:
+            self.close()
+
+
+class AsyncSandbox:
+    """The async mirror of :class:`Sandbox`."""
+
+    def __init__(self, info: SandboxInfo, http: AsyncHttp) -> None:
+        self._http = http
+        self._info = info
+        self.commands = AsyncCommands(http, info.id)
+        self.files = AsyncFiles(http, info.id)
+        self.pty = AsyncPty(http.config, info.id)
+
+    def __repr__(self) -> str:
+        return f"AsyncSandbox(id={self.id!r}, state={self._info.state!r})"
+
+    @staticmethod
+    def _open_http(
+        api_url: str | None,
+        token: str | None,
+        request_timeout: float | None,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> AsyncHttp:
+        return AsyncHttp(ConnectionConfig.resolve(api_url, token, request_timeout), transport)
+
+    @classmethod
+    async def create(
+        cls,
+        template: str = "base",
+        *,
+        timeout: int | None = 300,
+        vcpus: int = 1,
+        memory_mib: int = 512,
+        disk_mib: int = 2048,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        runtime: str | None = None,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        call = api.create_sandbox(
+            template=template,
+            runtime=runtime,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_mib=disk_mib,
+            env=env,
+            labels=labels,
+            timeout=timeout,
+        )
+        try:
+            return cls(await http.call(call), http)
+        except BaseException:
+            await http.close()
+            raise
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        try:
+            return cls(await http.call(api.get_sandbox(sandbox_id)), http)
+        except BaseException:
+            await http.close()
+            raise
+
+    @classmethod
+    async def list(
+        cls,
+        state: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        api_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        http = cls._open_http(api_url, token, request_timeout, transport)
+        try:
+            return await http.call(api.list_sandboxes(state, labels))
+        finally:
+            await http.close()
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._info
+
+    async def get_info(self) -> SandboxInfo:
+        self._info = await self._http.call(api.get_sandbox(self.id))
+        return self._info
+
+    async def is_running(self) -> bool:
+        return (await self.get_info()).state == SandboxState.RUNNING
+
+    async def stop(self) -> SandboxInfo:
+        self._info = await self._http.call(api.stop_sandbox(self.id))
+        return self._info
+
+    async def start(self) -> SandboxInfo:
+        self._info = await self._http.call(api.start_sandbox(self.id))
+        return self._info
+
+    async def set_timeout(self, seconds: int | None) -> SandboxInfo:
+        self._info = await self._http.call(api.set_timeout(self.id, seconds))
+        return self._info
+
+    async def logs(self, tail: int | None = None) -> str:
+        return await self._http.call(api.sandbox_logs(self.id, tail))
+
+    async def kill(self) -> bool:
+        try:
+            await self._http.call(api.delete_sandbox(self.id))
+        except SandboxNotFound:
+            self._info = _deleted(self._info)
+            return False
+        self._info = _deleted(self._info)
+        return True
+
+    delete = kill
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.kill()
+        except AtelierError:
+            if exc is None:
+                raise
+        finally:
+            await self.close()
