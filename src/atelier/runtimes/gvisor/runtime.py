@@ -1,0 +1,411 @@
+"""The gVisor runtime: each sandbox is one runsc container (id = sandbox id).
+
+create   sandbox dir, sparse ext4 disk, loop mount, overlay, OCI bundle
+start    (re)mount if needed, ``runsc create`` + ``runsc start``
+stop     ``runsc kill KILL``, wait until stopped, ``runsc delete``, unmount
+destroy  stop, unmount, detach the loop device, remove the dir
+
+See files.py for the layout of a sandbox directory and layers.py for the disk.
+
+Trust: everything under ``<dir>/run/`` (and the disk layer) is written by the
+sandbox, which is root inside and may plant symlinks there. Host code opens
+such files with ``O_NOFOLLOW`` and checks that ``agent.sock`` is a socket
+(``lstat``) before connecting. ``log_path`` is the console log, which only
+runsc writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from ...agent import bootstrap
+from ...config import Settings
+from ...errors import (
+    AtelierError,
+    Conflict,
+    InvalidRequest,
+    InvalidStateTransition,
+    RuntimeFailure,
+    RuntimeUnavailable,
+    SandboxNotFound,
+)
+from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
+from . import layers, oci
+from .files import SandboxFiles, check_id, read_tail
+from .platform import detect_platform
+from .proc import CommandResult, kill_processes, processes_with_arg
+from .runsc import ContainerState, Runsc, console_open, sandbox_id_of
+
+__all__ = ["GVisorRuntime"]
+
+_STATES = {
+    "created": RuntimeState.CREATED,
+    "running": RuntimeState.RUNNING,
+    "paused": RuntimeState.PAUSED,
+    "stopped": RuntimeState.STOPPED,
+}
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_HOST_TOOLS = ("mkfs.ext4", "mount", "umount", "losetup")
+
+
+class GVisorRuntime:
+    """Sandboxes as runsc (gVisor) containers on this host."""
+
+    name = "gvisor"
+
+    def __init__(self, settings: Settings, *, init_argv: Sequence[str] | None = None) -> None:
+        """``init_argv`` replaces the agent as the sandbox's init (tests and
+        benchmarks only); by default the agent runs (``bootstrap.agent_argv``)."""
+        self.settings = settings
+        self.init_argv = list(init_argv) if init_argv is not None else None
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._availability: RuntimeAvailability | None = None
+        self._runsc: Runsc | None = None
+
+    # -- paths ----------------------------------------------------------------
+    @property
+    def sandboxes_dir(self) -> Path:
+        # resolved: mount points are compared with /proc/self/mountinfo paths
+        return Path(self.settings.sandboxes_dir).resolve()
+
+    def files(self, sandbox_id: str) -> SandboxFiles:
+        return SandboxFiles(self.sandboxes_dir / check_id(sandbox_id))
+
+    def agent_socket(self, sandbox_id: str) -> Path:
+        return self.files(sandbox_id).agent_socket
+
+    def log_path(self, sandbox_id: str) -> Path:
+        return self.files(sandbox_id).console
+
+    # -- capabilities / availability -----------------------------------------------
+    def capabilities(self) -> Capability:
+        return Capability.PAUSE | Capability.PERSISTENT_DISK
+
+    def availability(self) -> RuntimeAvailability:
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> RuntimeAvailability:
+        def no(reason: str) -> RuntimeAvailability:
+            return RuntimeAvailability(self.name, False, reason)
+
+        if os.geteuid() != 0:
+            return no(f"runsc, loop devices and mounts need root (running as uid {os.geteuid()})")
+        binary = shutil.which(self.settings.runsc_bin)
+        if binary is None:
+            return no(f"runsc binary {self.settings.runsc_bin!r} not found (install gVisor)")
+        missing = [tool for tool in _HOST_TOOLS if shutil.which(tool) is None]
+        if missing:
+            return no(f"missing host tools: {', '.join(missing)} (e2fsprogs, util-linux)")
+        try:
+            filesystems = Path("/proc/filesystems").read_text()
+        except OSError:
+            filesystems = ""
+        if "overlay" not in filesystems.split():
+            return no("the kernel has no overlayfs (modprobe overlay)")
+        try:
+            out = subprocess.run(
+                [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+            )
+            version = (out.stdout.splitlines() or ["runsc (unknown version)"])[0].strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            return no(f"cannot run {binary} --version: {exc}")
+        choice = detect_platform(self.settings.runsc_bin, self.settings.runsc_platform)
+        if not choice.usable:
+            return no(choice.reason)
+        return RuntimeAvailability(
+            self.name, True, f"{version}, platform {choice.name} ({choice.reason})"
+        )
+
+    @property
+    def runsc(self) -> Runsc:
+        if self._runsc is None:
+            status = self.availability()
+            if not status.available:
+                raise RuntimeUnavailable(f"gvisor runtime cannot run here: {status.reason}")
+            choice = detect_platform(self.settings.runsc_bin, self.settings.runsc_platform)
+            self._runsc = Runsc(
+                self.settings.runsc_bin,
+                Path(self.settings.runsc_root).resolve(),
+                choice.name,
+                default_log=Path(os.path.abspath(self.settings.data_dir)) / "runsc.log",
+            )
+        return self._runsc
+
+    def _prepare_host_dirs(self) -> None:
+        self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(self.settings.runsc_root).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def _current(self, files: SandboxFiles) -> ContainerState | None:
+        """runsc's view of the sandbox's container (None: no container).
+
+        After a host reboot runsc still has the state file of a container
+        that was running, with a pid that may now belong to anything: forget
+        it (asking runsc to delete it would kill that pid).
+        """
+        with contextlib.suppress(OSError):
+            booted = files.started.read_text().strip()
+            if booted and booted != _boot_id():
+                self.runsc.forget(files.cid, stale=True)
+                files.started.write_text(_boot_id())
+        return await self.runsc.state(files.cid, log=self._log(files))
+
+    def _log(self, files: SandboxFiles) -> Path | None:
+        return files.runsc_log if files.base.is_dir() else None
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, sandbox_id: str) -> AsyncIterator[None]:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[sandbox_id] = lock
+        async with lock:
+            yield
+
+    # -- verbs ------------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> None:
+        files = self.files(spec.sandbox_id)
+        files.check_socket_path()
+        _validate(spec, self.settings)
+        _ = self.runsc  # RuntimeUnavailable before touching anything
+        async with self._locked(spec.sandbox_id):
+            if files.complete():
+                if files.load_spec() == spec:
+                    return  # already created with this very spec
+                raise Conflict(f"sandbox {spec.sandbox_id} already exists with another spec")
+            if files.base.exists() or await self._current(files) is not None:
+                await self._teardown(spec.sandbox_id, files)  # leftovers of a crash
+            self._prepare_host_dirs()
+            try:
+                await self._build(spec, files)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await self._teardown(spec.sandbox_id, files)
+                if isinstance(exc, Exception) and not isinstance(exc, AtelierError):
+                    raise RuntimeFailure(f"cannot create sandbox {spec.sandbox_id}: {exc}") from exc
+                raise
+
+    async def _build(self, spec: SandboxSpec, files: SandboxFiles) -> None:
+        files.base.mkdir(mode=0o700)
+        files.run_dir.mkdir()
+        files.bundle.mkdir()
+        paths = files.layers
+        await layers.create_disk(paths.disk, spec.disk_mib)
+        await layers.ensure_mounted(paths, spec.rootfs)
+        self._write_bundle(spec, files)
+        files.save_spec(spec)  # last: marks the sandbox as complete
+
+    def _write_bundle(self, spec: SandboxSpec, files: SandboxFiles) -> None:
+        paths = oci.BundlePaths(
+            rootfs=files.layers.rootfs,
+            run_dir=files.run_dir,
+            agent_dir=bootstrap.package_dir(),
+            tmp_dir=files.layers.tmp,
+        )
+        oci.write_config(files.bundle, oci.build_config(spec, paths, self.init_argv))
+
+    async def start(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        runsc = self.runsc
+        async with self._locked(sandbox_id):
+            if not files.complete():
+                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist on this host")
+            spec = files.load_spec()
+            log = files.runsc_log
+            current = await self._current(files)
+            if current is not None:
+                if current.status in ("running", "paused"):
+                    return
+                await runsc.delete(files.cid, force=True, log=log)
+            await layers.ensure_mounted(files.layers, spec.rootfs)
+            self._write_bundle(spec, files)
+            with contextlib.suppress(FileNotFoundError):
+                files.agent_socket.unlink()  # a stale socket from the last run
+            await self._runsc_start(sandbox_id, files)
+            files.started.write_text(_boot_id())
+
+    async def _runsc_start(self, sandbox_id: str, files: SandboxFiles) -> None:
+        runsc, log = self.runsc, files.runsc_log
+        try:
+            with console_open(files.console) as console:
+                for attempt in range(2):
+                    offset = os.fstat(console.fileno()).st_size
+                    res = await runsc.create(files.cid, files.bundle, console=console, log=log)
+                    said = read_tail(files.console, offset)
+                    if res.ok or attempt or "already exists" not in said:
+                        break
+                    # a container runsc's state hint missed (e.g. left by a crash)
+                    await runsc.delete(files.cid, force=True, log=log)
+            if not res.ok:
+                detail = read_tail(files.console, offset) or read_tail(log) or "(no output)"
+                raise RuntimeFailure(
+                    f"runsc create {sandbox_id} failed (exit {res.returncode}): {detail}",
+                    details={"console": str(files.console), "runsc_log": str(log)},
+                )
+            await runsc.start(files.cid, log=log)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._abort_start(sandbox_id, files)
+            raise
+
+    async def _abort_start(self, sandbox_id: str, files: SandboxFiles) -> None:
+        """Undo a failed or interrupted ``runsc create``/``start``."""
+        await self.runsc.delete(files.cid, force=True, log=self._log(files), check=False)
+        await self._kill_strays(files)
+
+    async def _kill_strays(self, files: SandboxFiles) -> None:
+        # gofer/sandbox processes of a runsc create that died midway: runsc
+        # has no record of them, yet they hold the disk's mounts
+        strays = processes_with_arg(str(files.bundle))
+        if strays:
+            await kill_processes(strays)
+
+    async def stop(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            await self._stop(sandbox_id, files)
+            await layers.unmount_all(files.base)
+
+    async def _stop(self, sandbox_id: str, files: SandboxFiles) -> None:
+        runsc, log = self.runsc, self._log(files)
+        current = await self._current(files)
+        if current is None:
+            return
+        if current.status == "paused":
+            await runsc.resume(files.cid, log=log)
+        if current.status in ("running", "paused"):
+            # Killing init lets gVisor end every process (closing, so flushing,
+            # their files) before the sandbox goes; delete --force would not.
+            await runsc.kill(files.cid, "KILL", log=log, check=False)
+            await self._wait_stopped(files.cid, log)
+        res = await runsc.delete(files.cid, log=log, check=False)
+        if not res.ok and await runsc.state(files.cid, log=log) is not None:
+            await runsc.delete(files.cid, force=True, log=log)
+
+    async def _wait_stopped(self, cid: str, log: Path | None, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            current = await self.runsc.state(cid, log=log)
+            if current is None or current.status == "stopped":
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def pause(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            current = await self._require(sandbox_id, files)
+            if current.status == "paused":
+                return
+            await self.runsc.pause(files.cid, log=files.runsc_log)
+
+    async def resume(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            current = await self._require(sandbox_id, files)
+            if current.status == "running":
+                return
+            await self.runsc.resume(files.cid, log=files.runsc_log)
+
+    async def _require(self, sandbox_id: str, files: SandboxFiles) -> ContainerState:
+        current = await self._current(files)
+        if current is None or current.status not in ("running", "paused"):
+            raise InvalidStateTransition(f"sandbox {sandbox_id} is not running")
+        return current
+
+    async def destroy(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            await self._teardown(sandbox_id, files)
+
+    async def _teardown(self, sandbox_id: str, files: SandboxFiles) -> None:
+        """Remove every trace of the sandbox, whatever state it is in."""
+        runsc = self.runsc
+        try:
+            await self._stop(sandbox_id, files)
+        except AtelierError:
+            log = self._log(files)
+            await runsc.delete(files.cid, force=True, log=log, check=False)
+            if await runsc.state(files.cid, log=log) is not None:
+                raise
+        await self._kill_strays(files)
+        await layers.unmount_all(files.base)
+        await layers.detach_loops(files.layers.disk)
+        runsc.forget(files.cid)
+        paths = files.layers
+        # never delete through a mount (the overlay shows the template's files)
+        if layers.mounts_under(files.base) or any(
+            os.path.ismount(p) for p in (paths.layer, paths.rootfs)
+        ):
+            raise RuntimeFailure(f"{files.base} still has mounts; not removing it")
+        if files.base.exists():
+            await asyncio.to_thread(shutil.rmtree, files.base)
+        _remove_cgroups(oci.cgroups_path(sandbox_id))
+
+    async def state(self, sandbox_id: str) -> RuntimeState:
+        """RUNNING/PAUSED/STOPPED from runsc; without a runsc container,
+        STOPPED if it ever ran, CREATED if not, ABSENT if there is no complete
+        sandbox (a half-created one: ``create`` redoes it, ``destroy`` removes it)."""
+        files = self.files(sandbox_id)
+        current = await self._current(files)
+        if current is not None:
+            return _STATES.get(current.status, RuntimeState.STOPPED)
+        if not files.complete():
+            return RuntimeState.ABSENT
+        return RuntimeState.STOPPED if files.started.exists() else RuntimeState.CREATED
+
+    async def list_ids(self) -> list[str]:
+        ids = {sid for c in await self.runsc.list() if (sid := sandbox_id_of(c.id))}
+        if self.sandboxes_dir.is_dir():
+            for entry in self.sandboxes_dir.iterdir():
+                with contextlib.suppress(InvalidRequest):
+                    if entry.is_dir():
+                        ids.add(check_id(entry.name))
+        return sorted(ids)
+
+    async def exec(
+        self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 60
+    ) -> CommandResult:
+        """Run a command inside a running sandbox with ``runsc exec`` (for
+        tests and diagnostics; clients go through the agent)."""
+        files = self.files(sandbox_id)
+        return await self.runsc.exec(files.cid, argv, log=self._log(files), timeout=timeout)
+
+
+def _validate(spec: SandboxSpec, settings: Settings) -> None:
+    if not spec.rootfs.is_absolute() or not spec.rootfs.is_dir():
+        raise InvalidRequest(f"template rootfs {spec.rootfs} is not an existing absolute dir")
+    if not 1 <= spec.vcpus <= settings.max_vcpus:
+        raise InvalidRequest(f"vcpus must be 1..{settings.max_vcpus}, not {spec.vcpus}")
+    if not 64 <= spec.memory_mib <= settings.max_memory_mib:
+        raise InvalidRequest(f"memory_mib must be 64..{settings.max_memory_mib}")
+    if not layers.MIN_DISK_MIB <= spec.disk_mib <= settings.max_disk_mib:
+        raise InvalidRequest(f"disk_mib must be {layers.MIN_DISK_MIB}..{settings.max_disk_mib}")
+    if not spec.hostname or len(spec.hostname) > 63:
+        raise InvalidRequest("hostname must be 1..63 characters")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _remove_cgroups(path: str, root: Path = _CGROUP_ROOT) -> None:
+    """Best effort: remove the sandbox's (empty) cgroups runsc left behind."""
+    rel = path.strip("/")
+    with contextlib.suppress(OSError):
+        for controller in root.iterdir():
+            with contextlib.suppress(OSError):
+                (controller / rel).rmdir()
