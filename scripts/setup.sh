@@ -22,7 +22,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 PACKAGES=(
     runsc debootstrap debian-archive-keyring e2fsprogs util-linux iproute2 nftables
-    python3-venv python3-dev gcc git curl ca-certificates procps psmisc
+    python3-venv python3-dev gcc libc6-dev git curl ca-certificates procps psmisc
 )
 
 if [ -t 1 ]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi

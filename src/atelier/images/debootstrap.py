@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidRequest, RuntimeFailure
+from .compat import install_shims
 from .store import (
     MANIFEST_NAME,
     ROOTFS_NAME,
@@ -55,6 +56,8 @@ __all__ = [
     "installed_packages",
 ]
 
+# Bump when the steps after debootstrap change: older templates are rebuilt.
+BUILDER_VERSION = 2
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "bash",
     "coreutils",
@@ -357,6 +360,7 @@ class _Build:
         step(1)
         for rel in MOUNT_POINTS:
             (root / rel).mkdir(parents=True, exist_ok=True)
+        install_shims(root)
         step(2)
         self.clean()
         step(3)
@@ -403,6 +407,7 @@ class _Build:
             "runtime": "gvisor",
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "builder": "debootstrap",
+            "builder_version": BUILDER_VERSION,
             "suite": self.settings.debian_suite,
             "mirror": self.settings.debian_mirror,
             "variant": "minbase",
@@ -479,7 +484,8 @@ def build_template(
                 safe_rmtree(stale)  # leftovers of crashed builds / removals
         if not force:
             existing = store.get(name) if final.is_dir() else None
-            if existing is not None and existing.ready:
+            current = (read_manifest(final) or {}).get("builder_version") == BUILDER_VERSION
+            if existing is not None and existing.ready and current:
                 if on_progress is not None:
                     on_progress(ProgressEvent("done", 1, 1, "already built"))
                 return existing

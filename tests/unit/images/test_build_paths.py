@@ -14,7 +14,7 @@ import pytest
 
 from atelier.config import Settings
 from atelier.errors import InvalidRequest, RuntimeFailure
-from atelier.images.debootstrap import ProgressEvent, build_template
+from atelier.images.debootstrap import BUILDER_VERSION, ProgressEvent, build_template
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="build_template needs root")
 
@@ -42,11 +42,14 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
-def ready_template(settings: Settings, name: str = "base") -> Path:
+def ready_template(
+    settings: Settings, name: str = "base", builder_version: int = BUILDER_VERSION
+) -> Path:
     tdir = settings.templates_dir / name
     (tdir / "rootfs").mkdir(parents=True)
     (tdir / "rootfs/marker").write_text("old")
-    (tdir / "manifest.json").write_text(json.dumps({"name": name, "runtime": "gvisor"}))
+    manifest = {"name": name, "runtime": "gvisor", "builder_version": builder_version}
+    (tdir / "manifest.json").write_text(json.dumps(manifest))
     return tdir
 
 
@@ -73,6 +76,16 @@ def test_ready_template_is_a_no_op(settings: Settings, fake_debootstrap: Path) -
     info = build_template(settings, "base", on_progress=events.append)
     assert info.ready
     assert events == [ProgressEvent("done", 1, 1, "already built")]
+
+
+def test_template_from_an_older_builder_is_rebuilt(
+    settings: Settings, fake_debootstrap: Path
+) -> None:
+    ready_template(settings, builder_version=BUILDER_VERSION - 1)
+    events: list[ProgressEvent] = []
+    with pytest.raises(RuntimeFailure):  # the fake debootstrap fails: proof a build was tried
+        build_template(settings, "base", on_progress=events.append)
+    assert ProgressEvent("done", 1, 1, "already built") not in events
 
 
 def test_failed_forced_rebuild_keeps_the_old_template(
