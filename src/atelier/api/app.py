@@ -18,6 +18,7 @@ from ..core.service import SandboxService
 from ..images.store import TemplateStore
 from ..runtimes.base import Runtime
 from ..runtimes.registry import RuntimeRegistry
+from ..server.reaper import SandboxReaper
 from ..store.db import Database
 from ..store.repository import Repository
 from .deps import AppContext
@@ -35,13 +36,26 @@ def default_runtimes(settings: Settings) -> list[Runtime]:
     return [GVisorRuntime(settings)]
 
 
-def create_app(settings: Settings | None = None, runtimes: list[Runtime] | None = None) -> FastAPI:
-    """Build the app. ``runtimes`` replaces the host's runtimes (unit tests only)."""
+def create_app(
+    settings: Settings | None = None,
+    runtimes: list[Runtime] | None = None,
+    *,
+    reap_sandboxes: bool = False,
+) -> FastAPI:
+    """Build the app.
+
+    ``runtimes`` replaces the host's runtimes (unit tests only);
+    ``reap_sandboxes`` makes this process the subreaper of sandbox processes
+    (the ``atelier server`` process only; see :mod:`atelier.server.reaper`).
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        reaper = SandboxReaper()
+        if reap_sandboxes:
+            reaper.start()
         db = Database(settings.effective_database_url)
         await db.migrate()
         repo = Repository(db)
@@ -71,6 +85,7 @@ def create_app(settings: Settings | None = None, runtimes: list[Runtime] | None 
             await reconciler.stop()
             await agents.close_all()
             await db.close()
+            await reaper.stop()
 
     app = FastAPI(
         title="Atelier",

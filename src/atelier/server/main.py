@@ -16,7 +16,7 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    app = create_app(settings, reap_sandboxes=True)
     uvicorn.run(
         app,
         host=settings.host,
