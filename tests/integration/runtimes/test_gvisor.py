@@ -1,7 +1,7 @@
 """The gVisor runtime against the real runsc, loop devices and overlayfs.
 
-Needs root, runsc and a template rootfs with python3 named by
-``ATELIER_TEST_ROOTFS``. Every test gets a fresh runtime; every sandbox is
+Needs root and runsc; the rootfs is the suite's ``base`` template (or the
+directory named by ``ATELIER_TEST_ROOTFS``). Every test gets a fresh runtime; every sandbox is
 made through the ``make`` factory, which destroys it afterwards, and the
 session checks that nothing (mount, loop device, runsc container, dir) leaks.
 """
@@ -23,6 +23,7 @@ import pytest
 
 from atelier.agent import bootstrap
 from atelier.config import Settings
+from atelier.images.store import TemplateInfo
 from atelier.errors import InvalidRequest, RuntimeFailure
 from atelier.runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
 from atelier.runtimes.gvisor import GVisorRuntime, layers, oci, proc
@@ -36,13 +37,11 @@ CGROUP = Path("/sys/fs/cgroup")
 Make = Callable[..., Awaitable[SandboxSpec]]
 
 
-def _rootfs() -> Path:
+def _rootfs(template: TemplateInfo) -> Path:
     value = os.environ.get("ATELIER_TEST_ROOTFS")
-    if not value:
-        pytest.skip("ATELIER_TEST_ROOTFS is not set (a rootfs with python3)")
-    path = Path(value)
+    path = Path(value) if value else template.rootfs
     if not (path / "usr/bin/python3").exists():
-        pytest.skip(f"ATELIER_TEST_ROOTFS={value} is not a rootfs with python3")
+        pytest.fail(f"{path} is not a rootfs with python3")
     return path
 
 
@@ -65,8 +64,8 @@ async def _destroy_all(rt: GVisorRuntime) -> None:
 
 
 @pytest.fixture
-def rootfs() -> Path:
-    return _rootfs()
+def rootfs(base_template: TemplateInfo) -> Path:
+    return _rootfs(base_template)
 
 
 @pytest.fixture

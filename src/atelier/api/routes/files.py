@@ -100,12 +100,10 @@ async def watch(
 ) -> Response:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
     events = agent.watch(path, recursive=recursive)
-    first = await anext(events)  # raises (e.g. file_not_found) before the response starts
+    await events.ready()  # raises (e.g. file_not_found) before the response starts
 
     async def lines() -> AsyncIterator[bytes]:
         try:
-            if first is not None:
-                yield _line(first)
             async for event in events:
                 yield _line(event)
         finally:
