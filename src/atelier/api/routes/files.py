@@ -105,7 +105,9 @@ async def watch(
     async def lines() -> AsyncIterator[bytes]:
         try:
             async for event in events:
-                yield _line(event)
+                yield _line(
+                    {"type": event["event"], "path": event["path"], "is_dir": event["is_dir"]}
+                )
         finally:
             with contextlib.suppress(Exception):
                 await events.aclose()

@@ -201,6 +201,7 @@ class GVisorRuntime:
         paths = files.layers
         await layers.create_disk(paths.disk, spec.disk_mib)
         await layers.ensure_mounted(paths, spec.rootfs)
+        write_identity(paths.rootfs, spec.hostname)
         self._write_bundle(spec, files)
         files.save_spec(spec)  # last: marks the sandbox as complete
 
@@ -409,3 +410,21 @@ def _remove_cgroups(path: str, root: Path = _CGROUP_ROOT) -> None:
         for controller in root.iterdir():
             with contextlib.suppress(OSError):
                 (controller / rel).rmdir()
+
+
+def write_identity(rootfs: Path, hostname: str) -> None:
+    """Give the sandbox its own ``/etc/hostname`` and ``/etc/hosts`` (in its upper layer).
+
+    Runs before the sandbox first starts, so nothing inside can have replaced
+    these paths with links; any link from the template is replaced, not followed.
+    """
+    hosts = (
+        "127.0.0.1\tlocalhost\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1\t{hostname}\n"
+    )
+    for rel, text in (("etc/hostname", f"{hostname}\n"), ("etc/hosts", hosts)):
+        target = rootfs / rel
+        target.unlink(missing_ok=True)
+        target.write_text(text)
+        target.chmod(0o644)
