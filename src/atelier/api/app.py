@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -22,6 +23,7 @@ from ..server.reaper import SandboxReaper
 from ..store.db import Database
 from ..store.repository import Repository
 from .deps import AppContext
+from .schemas import ErrorBody
 from .errors import install_error_handlers
 from .routes import commands, files, pty, sandboxes, system
 
@@ -95,5 +97,20 @@ def create_app(
     )
     install_error_handlers(app)
     for module in (system, sandboxes, commands, files, pty):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Invalid request"),
+        (401, "Missing or invalid API token"),
+        (403, "The token may not do this"),
+        (404, "No such sandbox, template, process or file"),
+        (409, "Conflicts with the current state"),
+        (422, "The request body or query failed validation"),
+        (500, "A runtime or agent failed"),
+        (503, "A runtime is unavailable on this host"),
+    )
+}
