@@ -74,8 +74,7 @@ def create_app(
         pool = WarmPool(settings, service)
         service.claim_pooled = pool.claim
         reconciler = Reconciler(service, settings.reconcile_interval)
-        app.state.ctx = AppContext(settings, repo, tokens, service, templates, registry)
-        app.state.pool = pool
+        app.state.ctx = AppContext(settings, repo, tokens, service, templates, registry, pool)
         await reconciler.recover()
         reconciler.start()
         pool.start()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request, WebSocket
 
 from ..config import Settings
 from ..core.auth import Principal, TokenService
+from ..core.pool import WarmPool
 from ..core.service import SandboxService
 from ..images.store import TemplateStore
 from ..runtimes.registry import RuntimeRegistry
@@ -25,6 +26,7 @@ class AppContext:
     sandboxes: SandboxService
     templates: TemplateStore
     runtimes: RuntimeRegistry
+    pool: WarmPool
 
 
 def get_context(request: Request) -> AppContext:

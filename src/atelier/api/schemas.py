@@ -152,10 +152,17 @@ class RuntimeOut(BaseModel):
     reason: str
 
 
+class PoolOut(BaseModel):
+    template: str
+    target: int
+    ready: int
+
+
 class InfoOut(BaseModel):
     version: str
     runtimes: list[RuntimeOut]
     templates: list[TemplateOut]
+    pool: PoolOut
 
 
 class TokenCreate(_Body):

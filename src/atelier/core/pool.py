@@ -73,6 +73,11 @@ class WarmPool:
         self._wake.set()
         return rec
 
+    async def ready(self) -> int:
+        """Pooled sandboxes running and ready to be claimed."""
+        members = await self.service.repo.list_sandboxes(states=[SandboxState.RUNNING], pooled=True)
+        return len(members)
+
     async def count(self) -> int:
         members = await self.service.repo.list_sandboxes(
             states=[SandboxState.RUNNING, SandboxState.CREATING], pooled=True

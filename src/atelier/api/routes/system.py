@@ -9,6 +9,7 @@ from ..deps import Auth, Ctx
 from ..schemas import (
     HealthOut,
     InfoOut,
+    PoolOut,
     RuntimeOut,
     TemplateList,
     TemplateOut,
@@ -41,7 +42,9 @@ async def info(ctx: Ctx, _principal: Auth) -> InfoOut:
         RuntimeOut(name=a.name, available=a.available, reason=a.reason)
         for a in ctx.runtimes.availability()
     ]
-    return InfoOut(version=__version__, runtimes=runtimes, templates=_templates(ctx))
+    pool = ctx.pool
+    status = PoolOut(template=pool.settings.default_template, target=pool.size, ready=await pool.ready())
+    return InfoOut(version=__version__, runtimes=runtimes, templates=_templates(ctx), pool=status)
 
 
 @router.get("/v1/templates", response_model=TemplateList, tags=["templates"])
