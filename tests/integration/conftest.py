@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import ServerProcess, find_leaks
 
 from atelier import Sandbox
 from atelier.images.store import TemplateInfo
-
-from server_harness import ServerProcess, find_leaks
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +55,10 @@ def shut_down(srv: ServerProcess) -> None:
     # pooled sandboxes are not listed; restart-free cleanup of whatever remains
     leaks = find_leaks(srv.data_dir)
     if not leaks.empty():
+        import asyncio
+
         from atelier.config import Settings
         from atelier.runtimes.gvisor import GVisorRuntime
-        import asyncio
 
         rt = GVisorRuntime(Settings(data_dir=srv.data_dir))
 

@@ -32,7 +32,9 @@ def test_stdout_stderr_and_exit_code(sb: Sandbox) -> None:
 
 
 def test_argv_form_env_cwd_and_users(sb: Sandbox) -> None:
-    r = sb.commands.run(argv=["sh", "-c", 'echo "$GREETING $(pwd) $(id -un)"'], env={"GREETING": "hi"}, cwd="/tmp")
+    r = sb.commands.run(
+        argv=["sh", "-c", 'echo "$GREETING $(pwd) $(id -un)"'], env={"GREETING": "hi"}, cwd="/tmp"
+    )
     assert r.stdout == "hi /tmp user\n"
     assert sb.commands.run("id -u", user="root").stdout == "0\n"
     assert sb.commands.run("echo $HOME").stdout == "/home/user\n"
@@ -86,7 +88,7 @@ def test_background_list_reattach_and_kill(sb: Sandbox) -> None:
     assert h.pid in listed and listed[h.pid].running
     again = sb.commands.connect(h.pid)
     stream = again.stream()
-    first = [e for _, e in zip(range(3), stream)]
+    first = [e for _, e in zip(range(3), stream, strict=False)]
     assert isinstance(first[0], Started)
     stream.close()
     assert h.kill()

@@ -105,4 +105,7 @@ def test_watch_reports_changes(sb: Sandbox) -> None:
                 break
         t.join()
     # the agent's atomic write (temp file + rename) is reported as one create
-    assert events == [("create", "/home/user/watched/new.txt"), ("delete", "/home/user/watched/new.txt")]
+    assert events == [
+        ("create", "/home/user/watched/new.txt"),
+        ("delete", "/home/user/watched/new.txt"),
+    ]

@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from server_harness import ServerProcess
 
 from atelier import Sandbox
 from atelier.errors import (
@@ -15,8 +16,6 @@ from atelier.errors import (
     SandboxNotFound,
     TemplateNotFound,
 )
-
-from server_harness import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,12 @@ def test_get_and_list_by_label_and_state(make_sandbox) -> None:  # type: ignore[
     a = make_sandbox(labels={"team": "ml"}, env={"X": "1"}, vcpus=1, memory_mib=256)
     b = make_sandbox(labels={"team": "web"})
     info = a.get_info()
-    assert (info.state, info.memory_mib, info.labels["team"], info.env) == ("running", 256, "ml", {"X": "1"})
+    assert (info.state, info.memory_mib, info.labels["team"], info.env) == (
+        "running",
+        256,
+        "ml",
+        {"X": "1"},
+    )
     ml = {s.id for s in Sandbox.list(labels={"team": "ml"})}
     assert a.id in ml and b.id not in ml
     b.stop()

@@ -6,12 +6,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from server_harness import ServerProcess
 
 from atelier import Sandbox
 from atelier.images.store import TemplateInfo
-
 from conftest import new_server, shut_down
-from server_harness import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,7 +45,9 @@ def test_create_claims_a_pooled_sandbox_and_the_pool_refills(pooled_server: Serv
     before = pooled_ids(srv)
     with srv.client() as http:
         assert http.get("/v1/sandboxes").json()["sandboxes"] == []  # pooled ones are hidden
-    sb = Sandbox.create(api_url=srv.url, token=srv.token, env={"WHO": "claimer"}, labels={"k": "v"}, timeout=120)
+    sb = Sandbox.create(
+        api_url=srv.url, token=srv.token, env={"WHO": "claimer"}, labels={"k": "v"}, timeout=120
+    )
     assert sb.id in before  # it was one of the pre-started sandboxes
     info = sb.get_info()
     assert (info.labels, info.env, info.timeout) == ({"k": "v"}, {"WHO": "claimer"}, 120)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from server_harness import ServerProcess, find_leaks
 
 from atelier import Sandbox
 from atelier.images.store import TemplateInfo
-
 from conftest import new_server, shut_down
-from server_harness import ServerProcess, find_leaks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,10 +72,8 @@ def test_kill_mid_exec_readopts_running_sandbox(crashy_server: ServerProcess) ->
     bg = sb.commands.run("sleep 600", background=True)
 
     def foreground() -> None:
-        try:
+        with contextlib.suppress(Exception):  # the server dies under it
             sb.commands.run("sleep 600; echo never")
-        except Exception:
-            pass  # the server dies under it
 
     t = threading.Thread(target=foreground)
     t.start()
@@ -98,7 +96,9 @@ def test_kill_mid_exec_readopts_running_sandbox(crashy_server: ServerProcess) ->
     assert find_leaks(srv.data_dir).empty()
 
 
-def test_restart_keeps_sandboxes_and_stop_works_after_adoption(crashy_server: ServerProcess) -> None:
+def test_restart_keeps_sandboxes_and_stop_works_after_adoption(
+    crashy_server: ServerProcess,
+) -> None:
     srv = crashy_server
     sb = Sandbox.create(api_url=srv.url, token=srv.token)
     srv.stop()  # a clean stop (make down) must not touch sandboxes

@@ -16,7 +16,9 @@ def test_round_trip_through_payload() -> None:
 
 def test_unknown_code_falls_back_on_status() -> None:
     assert type(errors.from_payload({"code": "brand_new", "message": "m"}, 409)) is errors.Conflict
-    assert type(errors.from_payload({"code": "brand_new", "message": "m"}, 599)) is errors.AtelierError
+    assert (
+        type(errors.from_payload({"code": "brand_new", "message": "m"}, 599)) is errors.AtelierError
+    )
 
 
 def test_status_table() -> None:

@@ -23,9 +23,9 @@ from ..server.reaper import SandboxReaper
 from ..store.db import Database
 from ..store.repository import Repository
 from .deps import AppContext
-from .schemas import ErrorBody
 from .errors import install_error_handlers
 from .routes import commands, files, pty, sandboxes, system
+from .schemas import ErrorBody
 
 __all__ = ["create_app", "default_runtimes"]
 

@@ -13,8 +13,14 @@ __all__ = [
     "ChmodBody",
     "CommandBody",
     "ErrorBody",
+    "ExistsOut",
+    "FileInfoOut",
+    "FileListOut",
     "InfoOut",
     "MkdirBody",
+    "MkdirOut",
+    "ProcessListOut",
+    "ProcessOut",
     "RenameBody",
     "SandboxCreate",
     "SandboxList",
@@ -133,6 +139,48 @@ class RenameBody(_Body):
 class ChmodBody(_Body):
     path: str
     mode: str = Field(..., pattern=r"^0?[0-7]{3,4}$")
+
+
+class FileInfoOut(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: str = Field(description="Octal permission bits, e.g. 0644")
+    owner: str
+    group: str
+    modified_at: datetime
+    symlink_target: str | None
+
+
+class FileListOut(BaseModel):
+    entries: list[FileInfoOut]
+
+
+class ExistsOut(BaseModel):
+    exists: bool
+
+
+class MkdirOut(BaseModel):
+    created: bool
+    entry: FileInfoOut
+
+
+class ProcessOut(BaseModel):
+    pid: int
+    cmd: str | None
+    argv: list[str] | None
+    tag: str | None
+    user: str
+    cwd: str
+    background: bool
+    running: bool
+    exit_code: int | None
+    started_at: datetime
+
+
+class ProcessListOut(BaseModel):
+    processes: list[ProcessOut]
 
 
 class TemplateOut(BaseModel):

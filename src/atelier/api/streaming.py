@@ -18,7 +18,9 @@ def event_dict(event: Started | Output | Exit, decoders: dict[int, Any]) -> dict
     if isinstance(event, Started):
         return {"type": "started", "pid": event.pid}
     if isinstance(event, Output):
-        decoder = decoders.setdefault(event.channel, codecs.getincrementaldecoder("utf-8")("replace"))
+        decoder = decoders.setdefault(
+            event.channel, codecs.getincrementaldecoder("utf-8")("replace")
+        )
         text = decoder.decode(event.data)
         if not text:
             return None

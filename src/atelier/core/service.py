@@ -82,7 +82,9 @@ class SandboxService:
         owner = None if principal.admin else principal.token_id
         return await self.repo.list_sandboxes(owner=owner, states=states, labels=labels)
 
-    async def agent(self, principal: Principal, sandbox_id: str) -> tuple[SandboxRecord, AgentClient]:
+    async def agent(
+        self, principal: Principal, sandbox_id: str
+    ) -> tuple[SandboxRecord, AgentClient]:
         """The running sandbox and a live connection to its agent."""
         rec = await self.get(principal, sandbox_id)
         if rec.state != S.RUNNING:
@@ -131,7 +133,9 @@ class SandboxService:
         # shielded: a client that hangs up mid-create must not leave half a sandbox
         return await asyncio.shield(self.provision(req, owner=principal.token_id))
 
-    async def provision(self, req: CreateRequest, owner: str | None, pooled: bool = False) -> SandboxRecord:
+    async def provision(
+        self, req: CreateRequest, owner: str | None, pooled: bool = False
+    ) -> SandboxRecord:
         """Create and boot a sandbox; on any failure remove every trace of it."""
         template = self.templates.get(req.template)
         runtime = self.runtimes.get(req.runtime or template.runtime)
@@ -283,7 +287,10 @@ class SandboxService:
                     await self._discard(rec.id, rec.runtime)
                     return
                 await self.repo.update_sandbox(
-                    rec.id, state=S.STOPPED, expires_at=None, error=f"sandbox exited ({state.value})"
+                    rec.id,
+                    state=S.STOPPED,
+                    expires_at=None,
+                    error=f"sandbox exited ({state.value})",
                 )
                 await self.repo.record_event("recover_exited", rec.id, SYSTEM)
 

@@ -23,7 +23,9 @@ class RuntimeRegistry:
         runtime = self._runtimes.get(key)
         if runtime is None:
             known = ", ".join(sorted(self._runtimes)) or "none"
-            raise RuntimeUnavailable(f"runtime {key!r} is not available on this host (known: {known})")
+            raise RuntimeUnavailable(
+                f"runtime {key!r} is not available on this host (known: {known})"
+            )
         status = runtime.availability()
         if not status.available:
             raise RuntimeUnavailable(f"runtime {key!r} cannot run here: {status.reason}")

@@ -129,7 +129,9 @@ class Repository:
             await s.flush()
             return _record(row)
 
-    async def claim_pooled(self, template: str, runtime: str, **fields: Any) -> SandboxRecord | None:
+    async def claim_pooled(
+        self, template: str, runtime: str, **fields: Any
+    ) -> SandboxRecord | None:
         """Atomically take one running pooled sandbox of ``template``, applying ``fields``."""
         labels = fields.pop("labels", None)
         async with self.db.session() as s, s.begin():
@@ -175,7 +177,9 @@ class Repository:
         self, kind: str, sandbox_id: str | None, actor: str | None, **detail: Any
     ) -> None:
         async with self.db.session() as s, s.begin():
-            s.add(EventRow(at=utcnow(), sandbox_id=sandbox_id, actor=actor, kind=kind, detail=detail))
+            s.add(
+                EventRow(at=utcnow(), sandbox_id=sandbox_id, actor=actor, kind=kind, detail=detail)
+            )
 
     async def events(self, sandbox_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         q = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
@@ -184,15 +188,27 @@ class Repository:
         async with self.db.session() as s:
             rows = (await s.scalars(q)).all()
         return [
-            {"at": _utc(r.at), "sandbox_id": r.sandbox_id, "actor": r.actor, "kind": r.kind, **r.detail}
+            {
+                "at": _utc(r.at),
+                "sandbox_id": r.sandbox_id,
+                "actor": r.actor,
+                "kind": r.kind,
+                **r.detail,
+            }
             for r in reversed(rows)
         ]
 
     # -- tokens --------------------------------------------------------------
-    async def add_token(self, token_id: str, name: str, secret_hash: str, admin: bool) -> TokenRecord:
+    async def add_token(
+        self, token_id: str, name: str, secret_hash: str, admin: bool
+    ) -> TokenRecord:
         now = utcnow()
         async with self.db.session() as s, s.begin():
-            s.add(TokenRow(id=token_id, name=name, secret_hash=secret_hash, admin=admin, created_at=now))
+            s.add(
+                TokenRow(
+                    id=token_id, name=name, secret_hash=secret_hash, admin=admin, created_at=now
+                )
+            )
         return TokenRecord(id=token_id, name=name, admin=admin, created_at=now)
 
     async def token_by_hash(self, secret_hash: str) -> TokenRecord | None:
@@ -212,7 +228,9 @@ class Repository:
         async with self.db.session() as s:
             rows = (
                 await s.scalars(
-                    select(TokenRow).where(TokenRow.revoked_at.is_(None)).order_by(TokenRow.created_at)
+                    select(TokenRow)
+                    .where(TokenRow.revoked_at.is_(None))
+                    .order_by(TokenRow.created_at)
                 )
             ).all()
         return [TokenRecord(r.id, r.name, r.admin, _utc(r.created_at) or utcnow()) for r in rows]
@@ -230,7 +248,9 @@ class Repository:
         async with self.db.session() as s:
             row = (
                 await s.scalars(
-                    select(TokenRow.id).where(TokenRow.admin.is_(True), TokenRow.revoked_at.is_(None))
+                    select(TokenRow.id).where(
+                        TokenRow.admin.is_(True), TokenRow.revoked_at.is_(None)
+                    )
                 )
             ).first()
         return row is not None

@@ -23,8 +23,8 @@ import pytest
 
 from atelier.agent import bootstrap
 from atelier.config import Settings
-from atelier.images.store import TemplateInfo
 from atelier.errors import InvalidRequest, RuntimeFailure
+from atelier.images.store import TemplateInfo
 from atelier.runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
 from atelier.runtimes.gvisor import GVisorRuntime, layers, oci, proc
 

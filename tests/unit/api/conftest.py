@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fakes import ProcessRuntime  # noqa: E402
+from fakes import ProcessRuntime
 
-from atelier.api.app import create_app  # noqa: E402
-from atelier.config import Settings  # noqa: E402
+from atelier.api.app import create_app
+from atelier.config import Settings
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from conftest import Api
 
 from atelier.api.openapi import openapi_document
+from conftest import Api
 
 OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 
@@ -96,7 +96,9 @@ async def test_failed_create_leaves_nothing(api: Api) -> None:
         ({"runtime": "qemu"}, 503, "runtime_unavailable"),
     ],
 )
-async def test_create_rejects_bad_input(api: Api, body: dict[str, Any], status: int, code: str) -> None:
+async def test_create_rejects_bad_input(
+    api: Api, body: dict[str, Any], status: int, code: str
+) -> None:
     r = await api.http.post("/v1/sandboxes", json=body)
     assert (r.status_code, r.json()["code"]) == (status, code), r.text
     validate(r, "/v1/sandboxes", "post")

@@ -12,8 +12,15 @@ def test_every_state_has_a_transition_entry() -> None:
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.CREATING, S.RUNNING), (S.RUNNING, S.STOPPING), (S.STOPPING, S.STOPPED),
-     (S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING), (S.ERROR, S.DELETED), (S.RUNNING, S.DELETED)],
+    [
+        (S.CREATING, S.RUNNING),
+        (S.RUNNING, S.STOPPING),
+        (S.STOPPING, S.STOPPED),
+        (S.STOPPED, S.STARTING),
+        (S.STARTING, S.RUNNING),
+        (S.ERROR, S.DELETED),
+        (S.RUNNING, S.DELETED),
+    ],
 )
 def test_legal_transitions_pass(current: SandboxState, target: SandboxState) -> None:
     check_transition("sb-1", current, target)
@@ -21,10 +28,16 @@ def test_legal_transitions_pass(current: SandboxState, target: SandboxState) -> 
 
 @pytest.mark.parametrize(
     ("current", "target", "verb"),
-    [(S.RUNNING, S.STARTING, "start"), (S.STOPPED, S.STOPPING, "stop"),
-     (S.DELETED, S.DELETED, "delete"), (S.DELETED, S.STARTING, "start")],
+    [
+        (S.RUNNING, S.STARTING, "start"),
+        (S.STOPPED, S.STOPPING, "stop"),
+        (S.DELETED, S.DELETED, "delete"),
+        (S.DELETED, S.STARTING, "start"),
+    ],
 )
-def test_illegal_transitions_raise_409(current: SandboxState, target: SandboxState, verb: str) -> None:
+def test_illegal_transitions_raise_409(
+    current: SandboxState, target: SandboxState, verb: str
+) -> None:
     with pytest.raises(InvalidStateTransition) as info:
         check_transition("sb-1", current, target)
     assert info.value.status == 409

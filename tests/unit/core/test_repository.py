@@ -20,9 +20,19 @@ async def repo(tmp_path: Path) -> Repository:
 
 def _rec(sid: str, **kw: object) -> SandboxRecord:
     base = dict(
-        id=sid, owner="t1", template="base", runtime="gvisor", state=SandboxState.RUNNING,
-        vcpus=1, memory_mib=512, disk_mib=2048, env={"A": "1"}, labels={"team": "ml"},
-        timeout=300, expires_at=utcnow() + timedelta(seconds=300), created_at=utcnow(),
+        id=sid,
+        owner="t1",
+        template="base",
+        runtime="gvisor",
+        state=SandboxState.RUNNING,
+        vcpus=1,
+        memory_mib=512,
+        disk_mib=2048,
+        env={"A": "1"},
+        labels={"team": "ml"},
+        timeout=300,
+        expires_at=utcnow() + timedelta(seconds=300),
+        created_at=utcnow(),
     )
     base.update(kw)
     return SandboxRecord(**base)  # type: ignore[arg-type]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...core.agent_client import Started
+from ...errors import ProcessNotFound
 from ..deps import Auth, Ctx
-from ..schemas import CommandBody, SignalBody
+from ..schemas import CommandBody, ProcessListOut, ProcessOut, SignalBody
 from ..streaming import ndjson_events
 
 __all__ = ["router"]
@@ -22,7 +21,7 @@ NDJSON = "application/x-ndjson"
     "",
     responses={
         200: {"description": "NDJSON event stream (foreground)", "content": {NDJSON: {}}},
-        201: {"description": "The started background process"},
+        201: {"description": "The started background process", "model": ProcessOut},
     },
 )
 async def run_command(sandbox_id: str, body: CommandBody, ctx: Ctx, principal: Auth) -> Response:
@@ -51,15 +50,19 @@ async def run_command(sandbox_id: str, body: CommandBody, ctx: Ctx, principal: A
     if body.background:
         await session.detach()
         pid = first.pid if isinstance(first, Started) else None
-        info = next((p for p in await agent.list_processes() if p.get("pid") == pid), {"pid": pid})
-        return JSONResponse(info, status_code=201)
+        info = next((p for p in await agent.list_processes() if p["pid"] == pid), None)
+        if info is None:
+            raise ProcessNotFound(f"background process {pid} is not in the agent's table")
+        payload = ProcessOut.model_validate(info).model_dump(mode="json")
+        return JSONResponse(payload, status_code=201)
     return StreamingResponse(ndjson_events(session, first), media_type=NDJSON)
 
 
-@router.get("")
-async def list_processes(sandbox_id: str, ctx: Ctx, principal: Auth) -> dict[str, Any]:
+@router.get("", response_model=ProcessListOut)
+async def list_processes(sandbox_id: str, ctx: Ctx, principal: Auth) -> ProcessListOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return {"processes": await agent.list_processes()}
+    processes = await agent.list_processes()
+    return ProcessListOut(processes=[ProcessOut.model_validate(p) for p in processes])
 
 
 @router.get("/{pid}/events", responses={200: {"content": {NDJSON: {}}}})

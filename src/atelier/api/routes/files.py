@@ -11,7 +11,15 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ..deps import Auth, Ctx
-from ..schemas import ChmodBody, MkdirBody, RenameBody
+from ..schemas import (
+    ChmodBody,
+    ExistsOut,
+    FileInfoOut,
+    FileListOut,
+    MkdirBody,
+    MkdirOut,
+    RenameBody,
+)
 
 __all__ = ["router"]
 
@@ -29,7 +37,7 @@ async def read_file(sandbox_id: str, path: PathQ, ctx: Ctx, principal: Auth) -> 
     )
 
 
-@router.put("")
+@router.put("", response_model=FileInfoOut)
 async def write_file(
     sandbox_id: str,
     path: PathQ,
@@ -38,9 +46,10 @@ async def write_file(
     principal: Auth,
     mode: Annotated[str | None, Query(pattern=MODE_PATTERN)] = None,
     user: str | None = None,
-) -> dict[str, Any]:
+) -> FileInfoOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return await agent.write_file(path, request.stream(), mode=mode, user=user)
+    info = await agent.write_file(path, request.stream(), mode=mode, user=user)
+    return FileInfoOut.model_validate(info)
 
 
 @router.delete("", status_code=204, response_class=Response)
@@ -52,46 +61,48 @@ async def remove(
     return Response(status_code=204)
 
 
-@router.get("/list")
+@router.get("/list", response_model=FileListOut)
 async def list_dir(
     sandbox_id: str,
     path: PathQ,
     ctx: Ctx,
     principal: Auth,
     depth: Annotated[int, Query(ge=1, le=32)] = 1,
-) -> dict[str, Any]:
+) -> FileListOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return {"entries": await agent.list_dir(path, depth=depth)}
+    entries = await agent.list_dir(path, depth=depth)
+    return FileListOut(entries=[FileInfoOut.model_validate(e) for e in entries])
 
 
-@router.get("/stat")
-async def stat(sandbox_id: str, path: PathQ, ctx: Ctx, principal: Auth) -> dict[str, Any]:
+@router.get("/stat", response_model=FileInfoOut)
+async def stat(sandbox_id: str, path: PathQ, ctx: Ctx, principal: Auth) -> FileInfoOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return await agent.stat(path)
+    return FileInfoOut.model_validate(await agent.stat(path))
 
 
-@router.get("/exists")
-async def exists(sandbox_id: str, path: PathQ, ctx: Ctx, principal: Auth) -> dict[str, bool]:
+@router.get("/exists", response_model=ExistsOut)
+async def exists(sandbox_id: str, path: PathQ, ctx: Ctx, principal: Auth) -> ExistsOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return {"exists": await agent.exists(path)}
+    return ExistsOut(exists=await agent.exists(path))
 
 
-@router.post("/mkdir")
-async def mkdir(sandbox_id: str, body: MkdirBody, ctx: Ctx, principal: Auth) -> dict[str, Any]:
+@router.post("/mkdir", response_model=MkdirOut)
+async def mkdir(sandbox_id: str, body: MkdirBody, ctx: Ctx, principal: Auth) -> MkdirOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return await agent.mkdir(body.path, parents=body.parents, mode=body.mode, user=body.user)
+    result = await agent.mkdir(body.path, parents=body.parents, mode=body.mode, user=body.user)
+    return MkdirOut.model_validate(result)
 
 
-@router.post("/rename")
-async def rename(sandbox_id: str, body: RenameBody, ctx: Ctx, principal: Auth) -> dict[str, Any]:
+@router.post("/rename", response_model=FileInfoOut)
+async def rename(sandbox_id: str, body: RenameBody, ctx: Ctx, principal: Auth) -> FileInfoOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return await agent.rename(body.source, body.destination)
+    return FileInfoOut.model_validate(await agent.rename(body.source, body.destination))
 
 
-@router.post("/chmod")
-async def chmod(sandbox_id: str, body: ChmodBody, ctx: Ctx, principal: Auth) -> dict[str, Any]:
+@router.post("/chmod", response_model=FileInfoOut)
+async def chmod(sandbox_id: str, body: ChmodBody, ctx: Ctx, principal: Auth) -> FileInfoOut:
     _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
-    return await agent.chmod(body.path, body.mode)
+    return FileInfoOut.model_validate(await agent.chmod(body.path, body.mode))
 
 
 @router.get("/watch", responses={200: {"content": {"application/x-ndjson": {}}}})

@@ -43,7 +43,9 @@ async def info(ctx: Ctx, _principal: Auth) -> InfoOut:
         for a in ctx.runtimes.availability()
     ]
     pool = ctx.pool
-    status = PoolOut(template=pool.settings.default_template, target=pool.size, ready=await pool.ready())
+    status = PoolOut(
+        template=pool.settings.default_template, target=pool.size, ready=await pool.ready()
+    )
     return InfoOut(version=__version__, runtimes=runtimes, templates=_templates(ctx), pool=status)
 
 
@@ -57,7 +59,9 @@ async def create_token(body: TokenCreate, ctx: Ctx, principal: Auth) -> TokenCre
     principal.require_admin()
     rec, token = await ctx.tokens.create(body.name, admin=body.admin)
     await ctx.repo.record_event("token_create", None, principal.token_id, token_id=rec.id)
-    return TokenCreated(id=rec.id, name=rec.name, admin=rec.admin, created_at=rec.created_at, token=token)
+    return TokenCreated(
+        id=rec.id, name=rec.name, admin=rec.admin, created_at=rec.created_at, token=token
+    )
 
 
 @router.get("/v1/tokens", response_model=TokenList, tags=["tokens"])

@@ -25,8 +25,17 @@ def install_shims(rootfs: Path, cc: str = "gcc") -> None:
     target = rootfs / SHIM_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(target),
-         str(_SOURCES / "statx_compat.c")],
+        [
+            cc,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(target),
+            str(_SOURCES / "statx_compat.c"),
+        ],
         capture_output=True,
         text=True,
     )

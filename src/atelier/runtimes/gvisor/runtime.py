@@ -419,9 +419,7 @@ def write_identity(rootfs: Path, hostname: str) -> None:
     these paths with links; any link from the template is replaced, not followed.
     """
     hosts = (
-        "127.0.0.1\tlocalhost\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"127.0.1.1\t{hostname}\n"
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     )
     for rel, text in (("etc/hostname", f"{hostname}\n"), ("etc/hosts", hosts)):
         target = rootfs / rel
