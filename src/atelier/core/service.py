@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -169,9 +170,13 @@ class SandboxService:
                 labels=rec.labels,
             )
             try:
+                t0 = time.perf_counter()
                 await runtime.create(spec)
+                t1 = time.perf_counter()
                 await runtime.start(rec.id)
+                t2 = time.perf_counter()
                 await self.agents.get(rec.id, rec.runtime, timeout=AGENT_READY_TIMEOUT)
+                t3 = time.perf_counter()
             except BaseException as exc:
                 await self._discard(rec.id, rec.runtime)
                 log.warning("create of %s failed: %s", rec.id, exc)
@@ -182,6 +187,15 @@ class SandboxService:
             rec = await self.repo.update_sandbox(
                 rec.id, state=S.RUNNING, started_at=started, expires_at=_expiry(rec.timeout)
             )
+        log.info(
+            "sandbox %s running in %.0f ms (disk %.0f, boot %.0f, agent %.0f)%s",
+            rec.id,
+            (t3 - t0) * 1000,
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+            " [pool]" if pooled else "",
+        )
         await self.repo.record_event("create", rec.id, owner, template=rec.template, pooled=pooled)
         return rec
 
