@@ -13,14 +13,12 @@ sandbox's logs under ``$ATELIER_TEST_DATA_DIR/failures/``.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import ServerProcess, find_leaks
+from server_harness import ServerProcess, new_server, shut_down
 
 from atelier import Sandbox
 from atelier.images.store import TemplateInfo
@@ -33,43 +31,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
-
-
-def new_server(base_template: TemplateInfo, pool_size: int = 0, **env: str) -> ServerProcess:
-    data_dir = Path(tempfile.mkdtemp(prefix="atl-srv-", dir="/var/tmp"))
-    return ServerProcess(
-        data_dir=data_dir,
-        templates_cache=base_template.rootfs.parent.parent,
-        pool_size=pool_size,
-        extra_env=env,
-    )
-
-
-def shut_down(srv: ServerProcess) -> None:
-    """Delete every sandbox, stop the server, assert nothing leaked, remove the data dir."""
-    if srv.proc is not None:
-        with srv.client() as http:
-            for sb in http.get("/v1/sandboxes").json().get("sandboxes", []):
-                http.delete(f"/v1/sandboxes/{sb['id']}")
-        srv.stop()
-    # pooled sandboxes are not listed; restart-free cleanup of whatever remains
-    leaks = find_leaks(srv.data_dir)
-    if not leaks.empty():
-        import asyncio
-
-        from atelier.config import Settings
-        from atelier.runtimes.gvisor import GVisorRuntime
-
-        rt = GVisorRuntime(Settings(data_dir=srv.data_dir))
-
-        async def destroy_all() -> None:
-            for sid in await rt.list_ids():
-                await rt.destroy(sid)
-
-        asyncio.run(destroy_all())
-    remaining = find_leaks(srv.data_dir)
-    shutil.rmtree(srv.data_dir, ignore_errors=True)
-    assert remaining.empty(), f"leaked after cleanup: {remaining}"
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-__all__ = ["LeakReport", "ServerProcess", "find_leaks", "free_port"]
+from atelier.images.store import TemplateInfo
+
+__all__ = ["LeakReport", "ServerProcess", "find_leaks", "free_port", "new_server", "shut_down"]
 
 
 def free_port() -> int:
@@ -131,3 +135,40 @@ def find_leaks(data_dir: Path) -> LeakReport:
     sandboxes = data_dir / "sandboxes"
     dirs = [p.name for p in sandboxes.iterdir()] if sandboxes.exists() else []
     return LeakReport(runsc, mounts, loop_devices, dirs)
+
+
+def new_server(base_template: TemplateInfo, pool_size: int = 0, **env: str) -> ServerProcess:
+    data_dir = Path(tempfile.mkdtemp(prefix="atl-srv-", dir="/var/tmp"))
+    return ServerProcess(
+        data_dir=data_dir,
+        templates_cache=base_template.rootfs.parent.parent,
+        pool_size=pool_size,
+        extra_env=env,
+    )
+
+
+def shut_down(srv: ServerProcess) -> None:
+    """Delete every sandbox, stop the server, assert nothing leaked, remove the data dir."""
+    if srv.proc is not None:
+        with srv.client() as http:
+            for sb in http.get("/v1/sandboxes").json().get("sandboxes", []):
+                http.delete(f"/v1/sandboxes/{sb['id']}")
+        srv.stop()
+    # pooled sandboxes are not listed; restart-free cleanup of whatever remains
+    leaks = find_leaks(srv.data_dir)
+    if not leaks.empty():
+        import asyncio
+
+        from atelier.config import Settings
+        from atelier.runtimes.gvisor import GVisorRuntime
+
+        rt = GVisorRuntime(Settings(data_dir=srv.data_dir))
+
+        async def destroy_all() -> None:
+            for sid in await rt.list_ids():
+                await rt.destroy(sid)
+
+        asyncio.run(destroy_all())
+    remaining = find_leaks(srv.data_dir)
+    shutil.rmtree(srv.data_dir, ignore_errors=True)
+    assert remaining.empty(), f"leaked after cleanup: {remaining}"

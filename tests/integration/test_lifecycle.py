@@ -137,3 +137,26 @@ def test_delete_is_final(make_sandbox) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SandboxNotFound):
         Sandbox.connect(sid)
     assert sb.kill() is False
+
+
+def test_pause_freezes_processes_and_resume_continues(sb: Sandbox) -> None:
+    sb.commands.run(
+        "for i in $(seq 100000); do echo $i > /home/user/tick; sleep 0.1; done",
+        background=True,
+    )
+    time.sleep(1)
+    assert sb.pause().state == "paused"
+    with pytest.raises(InvalidStateTransition) as info:
+        sb.commands.run("true")
+    assert "resume it first" in info.value.message
+    with pytest.raises(InvalidStateTransition):
+        sb.pause()
+    frozen = sb.get_info()
+    assert frozen.state == "paused"
+    time.sleep(1.5)  # a running loop would tick ~15 times meanwhile
+    assert sb.resume().state == "running"
+    at_resume = int(sb.files.read_text("/home/user/tick"))
+    time.sleep(1)
+    later = int(sb.files.read_text("/home/user/tick"))
+    assert later > at_resume  # it goes on from where it was
+    assert at_resume < 40  # ~1 s before the pause plus nothing while paused

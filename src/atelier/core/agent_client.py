@@ -117,7 +117,7 @@ class MkdirResult(TypedDict):
 class ProcessInfo(TypedDict):
     pid: int
     cmd: str | None
-    argv: list[str]
+    argv: list[str] | None
     tag: str | None
     user: str
     cwd: str
@@ -156,12 +156,18 @@ def _errors() -> Iterator[None]:
         raise _translate(exc) from exc
 
 
-async def _raise_remote(stream: Stream, exc: StreamClosed) -> None:
-    """The agent ended the stream while we were sending: raise *why*."""
-    with _errors():
-        while await stream.recv() is not None:
-            pass
-    raise AgentFailure("the agent closed the stream early") from exc
+@contextlib.asynccontextmanager
+async def _sending(stream: Stream) -> AsyncIterator[None]:
+    """Send on ``stream``; if the agent ended it meanwhile, raise the agent's reason."""
+    try:
+        yield
+    except StreamClosed as exc:
+        with _errors():
+            while await stream.recv() is not None:  # raises the agent's ERROR, if any
+                pass
+        raise AgentFailure("the agent closed the stream early") from exc
+    except _PROTOCOL_ERRORS as exc:
+        raise _translate(exc) from exc
 
 
 def _exit_from(body: dict[str, Any]) -> Exit:
@@ -248,13 +254,8 @@ class ProcessSession(_EventStream):
 
     async def send_stdin(self, data: bytes) -> None:
         """Write to the process's stdin (exec'd with ``stdin=True``), flow-controlled."""
-        try:
-            with _errors():
-                await self._stream.send(data, Channel.STDIN)
-        except AgentFailure as exc:
-            if isinstance(exc.__cause__, StreamClosed):
-                await _raise_remote(self._stream, exc.__cause__)
-            raise
+        async with _sending(self._stream):
+            await self._stream.send(data, Channel.STDIN)
 
     async def close_stdin(self) -> None:
         with _errors():
@@ -310,7 +311,6 @@ class WatchStream:
         self._conn = conn
         self._args = {"path": path, "recursive": recursive}
         self._stream: Stream | None = None
-        self._first: WatchEvent | None = None
         self._closed = False
 
     async def ready(self) -> None:
@@ -324,12 +324,10 @@ class WatchStream:
         self._stream = stream
         try:
             with _errors():
-                body = await stream.recv_msg()
+                await stream.recv_msg()  # {"type": "ready"}
         except BaseException:
             await self.aclose()
             raise
-        if body.get("type") == "event":  # an agent without the ready message
-            self._first = cast(WatchEvent, body)
 
     def __aiter__(self) -> WatchStream:
         return self
@@ -337,9 +335,6 @@ class WatchStream:
     async def __anext__(self) -> WatchEvent:
         await self.ready()
         assert self._stream is not None
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
         with _errors():
             while True:
                 event = await self._stream.recv()
@@ -364,6 +359,18 @@ class WatchStream:
 # -- the client ----------------------------------------------------------------------------
 def _drop_none(**args: Any) -> dict[str, Any]:
     return {k: v for k, v in args.items() if v is not None}
+
+
+def _command(
+    cmd: str | None,
+    argv: Sequence[str] | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    user: str | None,
+) -> dict[str, Any]:
+    args = _drop_none(cmd=cmd, argv=list(argv) if argv is not None else None, cwd=cwd, user=user)
+    args["env"] = dict(env or {})
+    return args
 
 
 class AgentClient:
@@ -459,20 +466,9 @@ class AgentClient:
         only yields :class:`Started` and takes stdin and signals; the output is
         kept (bounded) for :meth:`attach`, and ``detach`` leaves it running.
         """
-        stream = await self._open(
-            "exec",
-            **_drop_none(
-                cmd=cmd,
-                argv=list(argv) if argv is not None else None,
-                env=dict(env or {}),
-                cwd=cwd,
-                user=user,
-                timeout=timeout,
-                stdin=stdin,
-                background=background,
-                tag=tag,
-            ),
-        )
+        args = _command(cmd, argv, env, cwd, user)
+        args.update(_drop_none(timeout=timeout, tag=tag), stdin=stdin, background=background)
+        stream = await self._open("exec", **args)
         return ProcessSession(stream, await _open_started(stream))
 
     async def run(
@@ -515,18 +511,13 @@ class AgentClient:
         """Write to a process's stdin; with ``eof`` close it afterwards."""
         stream = await self._open("process.stdin", pid=pid)
         try:
-            try:
-                with _errors():
-                    if data:
-                        await stream.send(data, Channel.STDIN)
-                    if eof:
-                        await stream.send_eof(Channel.STDIN)
-                    else:
-                        await stream.send_msg({"type": "end"})
-            except AgentFailure as exc:
-                if isinstance(exc.__cause__, StreamClosed):
-                    await _raise_remote(stream, exc.__cause__)
-                raise
+            async with _sending(stream):
+                if data:
+                    await stream.send(data, Channel.STDIN)
+                if eof:
+                    await stream.send_eof(Channel.STDIN)
+                else:
+                    await stream.send_msg({"type": "end"})
             with _errors():
                 await stream.recv_msg()
         finally:
@@ -544,18 +535,8 @@ class AgentClient:
         rows: int = 24,
     ) -> PtySession:
         """An interactive terminal (default: ``/bin/bash -l``)."""
-        stream = await self._open(
-            "pty",
-            **_drop_none(
-                cmd=cmd,
-                argv=list(argv) if argv is not None else None,
-                env=dict(env or {}),
-                cwd=cwd,
-                user=user,
-                cols=cols,
-                rows=rows,
-            ),
-        )
+        args = _command(cmd, argv, env, cwd, user)
+        stream = await self._open("pty", **args, cols=cols, rows=rows)
         return PtySession(stream, await _open_started(stream))
 
     # -- files -------------------------------------------------------------------------
@@ -599,23 +580,18 @@ class AgentClient:
             "fs.write", **_drop_none(path=path, mode=mode, user=user, make_parents=make_parents)
         )
         try:
-            try:
-                with _errors():
-                    if isinstance(chunks, bytes | bytearray | memoryview):
-                        await stream.send(chunks, Channel.STDIN)
-                    elif isinstance(chunks, AsyncIterable):
-                        async for chunk in chunks:
-                            if chunk:
-                                await stream.send(chunk, Channel.STDIN)
-                    else:
-                        for chunk in chunks:
-                            if chunk:
-                                await stream.send(chunk, Channel.STDIN)
-                    await stream.send_eof(Channel.STDIN)
-            except AgentFailure as exc:
-                if isinstance(exc.__cause__, StreamClosed):
-                    await _raise_remote(stream, exc.__cause__)
-                raise
+            async with _sending(stream):
+                if isinstance(chunks, bytes | bytearray | memoryview):
+                    await stream.send(chunks, Channel.STDIN)
+                elif isinstance(chunks, AsyncIterable):
+                    async for chunk in chunks:
+                        if chunk:
+                            await stream.send(chunk, Channel.STDIN)
+                else:
+                    for chunk in chunks:
+                        if chunk:
+                            await stream.send(chunk, Channel.STDIN)
+                await stream.send_eof(Channel.STDIN)
             with _errors():
                 return cast(FileInfo, await stream.recv_msg())
         finally:

@@ -20,6 +20,7 @@ __all__ = [
     "SandboxState",
     "TokenRecord",
     "check_transition",
+    "require_running",
 ]
 
 
@@ -27,6 +28,7 @@ class SandboxState(enum.StrEnum):
     CREATING = "creating"  # disk and bundle being prepared, first boot
     STARTING = "starting"  # booting again after a stop
     RUNNING = "running"
+    PAUSED = "paused"  # frozen with its memory; costs no CPU
     STOPPING = "stopping"
     STOPPED = "stopped"
     ERROR = "error"
@@ -37,7 +39,8 @@ S = SandboxState
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.RUNNING, S.ERROR, S.DELETED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.ERROR, S.DELETED}),
-    S.RUNNING: frozenset({S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
+    S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.ERROR, S.DELETED}),
     S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.DELETED}),
     S.STOPPED: frozenset({S.STARTING, S.ERROR, S.DELETED}),
     S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETED}),
@@ -45,16 +48,39 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
 }
 
 _VERBS = {
+    S.PAUSED: "pause",
     S.STARTING: "start",
     S.STOPPING: "stop",
     S.DELETED: "delete",
 }
 
 
-def check_transition(sandbox_id: str, current: SandboxState, target: SandboxState) -> None:
+_HINTS = {
+    S.STOPPED: "start it first",
+    S.ERROR: "start it again first",
+    S.PAUSED: "resume it first",
+    S.CREATING: "wait until it is running",
+    S.STARTING: "wait until it is running",
+    S.STOPPING: "it is stopping",
+}
+
+
+def require_running(sandbox_id: str, current: SandboxState) -> None:
+    """Raise a 409 that says what to do unless the sandbox is running."""
+    if current != S.RUNNING:
+        hint = _HINTS.get(current)
+        raise InvalidStateTransition(
+            f"sandbox {sandbox_id} is {current.value}" + (f": {hint}" if hint else ""),
+            details={"state": current.value},
+        )
+
+
+def check_transition(
+    sandbox_id: str, current: SandboxState, target: SandboxState, verb: str | None = None
+) -> None:
     """Raise :class:`InvalidStateTransition` unless ``current → target`` is legal."""
     if target not in TRANSITIONS[current]:
-        verb = _VERBS.get(target, f"move to {target.value}")
+        verb = verb or _VERBS.get(target, f"move to {target.value}")
         raise InvalidStateTransition(
             f"cannot {verb} sandbox {sandbox_id}: it is {current.value}",
             details={"state": current.value, "target": target.value},

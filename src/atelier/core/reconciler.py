@@ -21,7 +21,7 @@ __all__ = ["Reconciler"]
 
 log = logging.getLogger("atelier.reconciler")
 S = SandboxState
-_LIVE = [S.CREATING, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED, S.ERROR]
+_LIVE = [S.CREATING, S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR]
 
 
 class Reconciler:
@@ -51,7 +51,7 @@ class Reconciler:
     async def tick(self) -> None:
         repo = self.service.repo
         now = utcnow()
-        for rec in await repo.list_sandboxes(states=[S.RUNNING]):
+        for rec in await repo.list_sandboxes(states=[S.RUNNING, S.PAUSED]):
             if rec.expires_at is not None and rec.expires_at <= now:
                 log.info("sandbox %s reached its timeout; stopping it", rec.id)
                 try:

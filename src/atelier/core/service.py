@@ -26,13 +26,19 @@ from ..errors import (
     TemplateNotFound,
 )
 from ..images.store import TemplateStore
-from ..runtimes.base import RuntimeState, SandboxSpec
+from ..runtimes.base import Capability, RuntimeState, SandboxSpec
 from ..runtimes.registry import RuntimeRegistry
 from ..store.repository import Repository, utcnow
 from .agent_client import AgentClient
 from .agents import AgentConnections
 from .auth import Principal
-from .models import CreateRequest, SandboxRecord, SandboxState, check_transition
+from .models import (
+    CreateRequest,
+    SandboxRecord,
+    SandboxState,
+    check_transition,
+    require_running,
+)
 
 __all__ = ["SandboxService"]
 
@@ -88,8 +94,7 @@ class SandboxService:
     ) -> tuple[SandboxRecord, AgentClient]:
         """The running sandbox and a live connection to its agent."""
         rec = await self.get(principal, sandbox_id)
-        if rec.state != S.RUNNING:
-            check_transition(rec.id, rec.state, S.RUNNING)  # raises a clear 409
+        require_running(rec.id, rec.state)
         return rec, await self.agents.get(rec.id, rec.runtime)
 
     async def logs(self, principal: Principal, sandbox_id: str, tail: int | None = None) -> str:
@@ -247,6 +252,31 @@ class SandboxService:
         await self.repo.record_event("start", rec.id, principal.token_id)
         return rec
 
+    async def pause(self, principal: Principal, sandbox_id: str) -> SandboxRecord:
+        """Freeze every process of the sandbox, keeping its memory."""
+        return await self._freeze(principal, sandbox_id, S.PAUSED, "pause")
+
+    async def resume(self, principal: Principal, sandbox_id: str) -> SandboxRecord:
+        return await self._freeze(principal, sandbox_id, S.RUNNING, "resume")
+
+    async def _freeze(
+        self, principal: Principal, sandbox_id: str, target: SandboxState, verb: str
+    ) -> SandboxRecord:
+        await self.get(principal, sandbox_id)
+        async with self.lock(sandbox_id):
+            rec = await self.repo.get_sandbox(sandbox_id)
+            runtime = self.runtimes.get(rec.runtime)
+            if Capability.PAUSE not in runtime.capabilities():
+                raise InvalidRequest(f"the {runtime.name} runtime cannot {verb} sandboxes")
+            check_transition(rec.id, rec.state, target, verb)
+            if target == S.PAUSED:
+                await runtime.pause(rec.id)
+            else:
+                await runtime.resume(rec.id)
+            rec = await self.repo.update_sandbox(rec.id, state=target)
+        await self.repo.record_event(verb, rec.id, principal.token_id)
+        return rec
+
     async def delete(self, principal: Principal | None, sandbox_id: str) -> None:
         rec = await self._get_for(principal, sandbox_id)
         async with self.lock(sandbox_id):
@@ -290,10 +320,16 @@ class SandboxService:
                 await self.repo.update_sandbox(rec.id, state=S.STOPPED, expires_at=None)
                 await self.repo.record_event("recover_stop", rec.id, SYSTEM, was=rec.state.value)
                 return
-            if rec.state == S.RUNNING:
+            if rec.state in (S.RUNNING, S.PAUSED):
                 state = await runtime.state(rec.id)
                 if state in (RuntimeState.RUNNING, RuntimeState.PAUSED):
-                    return  # adopted as is; the agent connection opens on first use
+                    # adopted as is (the agent connection opens on first use); a
+                    # crash between the runtime's pause/resume and the database
+                    # write is settled in the runtime's favour
+                    actual = S.PAUSED if state == RuntimeState.PAUSED else S.RUNNING
+                    if actual != rec.state:
+                        await self.repo.update_sandbox(rec.id, state=actual)
+                    return
                 log.warning("sandbox %s is no longer running (%s)", rec.id, state.value)
                 with contextlib.suppress(Exception):
                     await runtime.stop(rec.id)

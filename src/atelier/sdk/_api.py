@@ -52,6 +52,8 @@ __all__ = [
     "start_sandbox",
     "stat_file",
     "stop_sandbox",
+    "pause_sandbox",
+    "resume_sandbox",
     "watch",
     "write_file",
 ]
@@ -137,6 +139,14 @@ def delete_sandbox(sandbox_id: str) -> Call[None]:
 
 def stop_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
     return Call("POST", f"{_sb(sandbox_id)}/stop", _sandbox)
+
+
+def pause_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("POST", f"{_sb(sandbox_id)}/pause", _sandbox)
+
+
+def resume_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("POST", f"{_sb(sandbox_id)}/resume", _sandbox)
 
 
 def start_sandbox(sandbox_id: str) -> Call[SandboxInfo]:

@@ -48,7 +48,9 @@ class SandboxState(StrEnum):
     """The lifecycle states of a sandbox (compare ``SandboxInfo.state`` with these)."""
 
     CREATING = "creating"
+    STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
     ERROR = "error"

@@ -152,6 +152,15 @@ class Sandbox:
         self._info = self._http.call(api.stop_sandbox(self.id))
         return self._info
 
+    def pause(self) -> SandboxInfo:
+        """Freeze every process, keeping memory; :meth:`resume` thaws them."""
+        self._info = self._http.call(api.pause_sandbox(self.id))
+        return self._info
+
+    def resume(self) -> SandboxInfo:
+        self._info = self._http.call(api.resume_sandbox(self.id))
+        return self._info
+
     def start(self) -> SandboxInfo:
         self._info = self._http.call(api.start_sandbox(self.id))
         return self._info
@@ -306,6 +315,15 @@ class AsyncSandbox:
 
     async def stop(self) -> SandboxInfo:
         self._info = await self._http.call(api.stop_sandbox(self.id))
+        return self._info
+
+    async def pause(self) -> SandboxInfo:
+        """Freeze every process, keeping memory; :meth:`resume` thaws them."""
+        self._info = await self._http.call(api.pause_sandbox(self.id))
+        return self._info
+
+    async def resume(self) -> SandboxInfo:
+        self._info = await self._http.call(api.resume_sandbox(self.id))
         return self._info
 
     async def start(self) -> SandboxInfo:

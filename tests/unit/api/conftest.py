@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from api_harness import Api, ready_template
 from fakes import ProcessRuntime
 
 from atelier.api.app import create_app
 from atelier.config import Settings
-
-
-@dataclass
-class Api:
-    app: FastAPI
-    http: httpx.AsyncClient
-    runtime: ProcessRuntime
-    settings: Settings
-
-
-def ready_template(settings: Settings, name: str = "base") -> None:
-    tdir = settings.templates_dir / name
-    (tdir / "rootfs").mkdir(parents=True)
-    (tdir / "manifest.json").write_text(json.dumps({"name": name, "runtime": "gvisor"}))
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from api_harness import Api
 
 from atelier.api.openapi import openapi_document
-from conftest import Api
 
 OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 

@@ -74,6 +74,17 @@ async def start_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOu
     return SandboxOut.of(await ctx.sandboxes.start(principal, sandbox_id))
 
 
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut)
+async def pause_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    """Freeze the sandbox's processes, keeping memory (needs the PAUSE capability)."""
+    return SandboxOut.of(await ctx.sandboxes.pause(principal, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut)
+async def resume_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    return SandboxOut.of(await ctx.sandboxes.resume(principal, sandbox_id))
+
+
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
 async def set_timeout(sandbox_id: str, body: TimeoutBody, ctx: Ctx, principal: Auth) -> SandboxOut:
     return SandboxOut.of(await ctx.sandboxes.set_timeout(principal, sandbox_id, body.timeout))
