@@ -98,7 +98,7 @@ def shell(
     with state(ctx).sandbox(sandbox) as sb:
         cols, rows = terminal_size(stdin_fd)
         session = sb.pty.create(cols=cols, rows=rows, cmd=cmd, user=user, cwd=cwd)
-        code = bridge(session, stdin_fd, stdout_fd)
+        code = bridge(session, stdin_fd, stdout_fd, size=(cols, rows))
     raise typer.Exit(_exit_status(code))
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "exit_code_for",
     "print_error",
     "print_json",
+    "print_table",
     "print_warning",
     "sandbox_table",
     "to_jsonable",
@@ -73,6 +74,14 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout; piped, at its natural width (no 80-column wrapping or "…")."""
+    if console.is_terminal:
+        console.print(table)
+    else:  # Console(width=) is the only way past the 80 columns Rich assumes for a pipe
+        Console(highlight=False, soft_wrap=True, width=10_000).print(table)
+
+
 def _ago(when: datetime | None, now: datetime) -> str:
     if when is None:
         return "-"
@@ -90,9 +99,11 @@ def _ago(when: datetime | None, now: datetime) -> str:
 def sandbox_table(sandboxes: list[SandboxInfo], now: datetime | None = None) -> Table:
     now = now or datetime.now(UTC)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "STATE", "TEMPLATE", "RUNTIME", "CPU", "MEM", "CREATED", "EXPIRES"):
+    # ids are copied from here: a narrow terminal shrinks every column but that one
+    table.add_column("ID", no_wrap=True, min_width=max((len(sb.id) for sb in sandboxes), default=2))
+    for column in ("STATE", "TEMPLATE", "RUNTIME", "CPU", "MEM", "CREATED", "EXPIRES"):
         table.add_column(column, no_wrap=True)
-    table.add_column("LABELS")
+    table.add_column("LABELS", overflow="fold")  # wrap, never cut a label short
     for sb in sandboxes:
         style = _STATE_STYLE.get(sb.state, "")
         labels = ",".join(f"{k}={v}" for k, v in sorted(sb.labels.items()))

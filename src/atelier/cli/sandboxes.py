@@ -14,6 +14,7 @@ from atelier.cli.output import (
     exit_code_for,
     print_error,
     print_json,
+    print_table,
     sandbox_table,
 )
 from atelier.cli.params import parse_pairs, parse_size_mib, parse_timeout
@@ -93,7 +94,7 @@ def ls(
     elif not found:
         console.print("[dim]no sandboxes[/dim]")
     else:
-        console.print(sandbox_table(found))
+        print_table(sandbox_table(found))
 
 
 def stop(ctx: typer.Context, sandbox: SandboxArg, as_json: JsonOpt = False) -> None:

@@ -59,11 +59,15 @@ def _raw_mode(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def bridge(session: PtyLike, stdin_fd: int, stdout_fd: int) -> int:
+def bridge(
+    session: PtyLike, stdin_fd: int, stdout_fd: int, size: tuple[int, int] | None = None
+) -> int:
     """Shuttle keystrokes and output until the remote program exits; its exit code.
 
     Output is pumped by a thread; the calling thread reads the keyboard and, on
-    SIGWINCH (delivered through a self-pipe), sends the new window size. The
+    SIGWINCH (delivered through a self-pipe), sends the new window size. ``size``
+    is the (cols, rows) the session was opened with: if the terminal was resized
+    since, before our handler was installed, the new size is sent first. The
     terminal's mode and the old SIGWINCH handler are restored however this ends.
     """
     wake_r, wake_w = os.pipe()
@@ -86,6 +90,8 @@ def bridge(session: PtyLike, stdin_fd: int, stdout_fd: int) -> int:
             os.write(wake_w, b"w")
 
     previous = signal.signal(signal.SIGWINCH, on_winch)
+    if size is not None and terminal_size(stdin_fd) != size:
+        on_winch(signal.SIGWINCH, None)  # resized while the session was being opened
     reader = threading.Thread(target=pump, name="atelier-pty-output", daemon=True)
     try:
         with _raw_mode(stdin_fd):

@@ -125,6 +125,8 @@ def _from_sandbox(state: CliState, src: Endpoint, dst: Endpoint, recursive: bool
             out.flush()
             return
         target = _local_target(dst.path, info.name or _basename(src.path))
+        if not target.parent.is_dir():
+            raise FileNotFound(f"local directory {target.parent} does not exist")
         if info.is_dir:
             _download_tree(sb.files, src.path, target)
         else:

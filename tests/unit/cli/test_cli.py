@@ -89,6 +89,15 @@ def test_ls_table_json_and_filters(fake: FakeApi) -> None:
     assert "no sandboxes" in run(fake, "ls").stdout
 
 
+def test_ls_piped_never_cuts_labels_or_ids(fake: FakeApi) -> None:
+    labels = {"owner": "someone-with-a-rather-long-name", "team": "machine-learning"}
+    many = {**SANDBOX, "id": "sb-0123456789abcdef", "labels": labels}
+    fake.on("GET", "/v1/sandboxes", httpx.Response(200, json={"sandboxes": [many]}))
+    row = run(fake, "ls").stdout.splitlines()[1]
+    assert row.startswith("sb-0123456789abcdef ")
+    assert row.rstrip().endswith("owner=someone-with-a-rather-long-name,team=machine-learning")
+
+
 def test_global_url_and_token_options(fake: FakeApi) -> None:
     fake.on("GET", "/v1/sandboxes", httpx.Response(200, json={"sandboxes": []}))
     result = run(fake, "--url", "http://elsewhere:1234", "--token", "tok2", "ls")
@@ -245,6 +254,13 @@ def test_cp_errors(fake: FakeApi, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "one side of cp must be in a sandbox" in result.stderr
     result = run(fake, "cp", "sb-1:relative", "b")
     assert result.exit_code == 2 and "(invalid_path)" in result.stderr
+    fake.on("GET", f"{SB}/files/stat", httpx.Response(200, json=FILE))
+    result = run(fake, "cp", "sb-1:/home/user/a.txt", str(tmp_path / "no" / "dir") + "/")
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: local directory {tmp_path / 'no' / 'dir'} does not exist (file_not_found)\n"
+    )
 
 
 def test_cp_recursive_download(fake: FakeApi, tmp_path: Path) -> None:

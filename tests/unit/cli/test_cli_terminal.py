@@ -94,6 +94,26 @@ def test_bridge_forwards_keys_resizes_and_restores_the_terminal() -> None:
     os.close(slave)
 
 
+def test_bridge_sends_a_resize_that_happened_while_the_session_opened() -> None:
+    master, slave = os.openpty()
+    out_r, out_w = os.pipe()
+    _set_size(slave, 120, 40)
+    for opened_with, expected in (((80, 24), [(120, 40)]), ((120, 40), [])):
+        session = ScriptedSession()
+
+        def user(session: ScriptedSession = session) -> None:
+            assert session.started.wait(10)  # raw mode is on: type without CR translation
+            os.write(master, b"exit\r")
+
+        helper = threading.Thread(target=user)
+        helper.start()
+        assert bridge(session, slave, out_w, size=opened_with) == 5
+        helper.join(10)
+        assert session.resizes == expected
+    for fd in (master, slave, out_r, out_w):
+        os.close(fd)
+
+
 def test_bridge_reports_a_lost_connection_and_still_restores() -> None:
     master, slave = os.openpty()
     out_r, out_w = os.pipe()
