@@ -13,8 +13,6 @@ import contextlib
 import functools
 import os
 import re
-import secrets
-import shutil
 import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -145,7 +143,10 @@ def _make_dirs(path: str, mode: int, ident: Identity) -> bool:
 
 # -- fs.read -------------------------------------------------------------------
 def _open_read(path: str) -> tuple[int, int, bool]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    kind = stat.S_IFMT(os.stat(path).st_mode)
+    if kind in (stat.S_IFIFO, stat.S_IFSOCK):  # open() could block a worker forever
+        raise AgentError("invalid_request", f"not a regular file: {path}")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -195,7 +196,7 @@ def _prepare_write(path: str, ident: Identity, make_parents: bool) -> tuple[int,
     parent, name = os.path.split(path)
     if make_parents:
         _make_dirs(parent, 0o755, ident)
-    tmp = os.path.join(parent, f".{name[:200]}.atelier-{secrets.token_hex(6)}.tmp")
+    tmp = os.path.join(parent, f".{name[:40]}.atelier-{os.urandom(6).hex()}.tmp")  # < 255 bytes
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     return fd, tmp
 
@@ -311,6 +312,8 @@ def _remove(path: str, recursive: bool) -> None:
     st = os.lstat(path)
     if stat.S_ISDIR(st.st_mode):
         if recursive:
+            import shutil  # only here: it imports bz2/lzma, slow under gVisor
+
             shutil.rmtree(path)
         else:
             os.rmdir(path)

@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import platform
 import signal
 import stat
 import subprocess
@@ -111,7 +110,7 @@ def find_executable(name: str, path_var: str) -> str:
 
 
 def _setup_syscalls() -> tuple[int, int, int, int] | None:
-    return _SYSCALLS.get(platform.machine())
+    return _SYSCALLS.get(os.uname().machine)
 
 
 _NUMBERS = _setup_syscalls()
@@ -125,9 +124,16 @@ def _syscall(number: int, *args: int | ctypes.Array[ctypes.c_uint]) -> None:
 
 
 def _become(ident: Identity, switch_user: bool) -> None:
-    """Thread initializer: private cwd, then (as root) this thread's credentials only."""
+    """Thread initializer: private cwd, then (as root) this thread's credentials only.
+
+    The thread blocks every signal: it runs as the user, so the user's processes
+    could direct signals at it (tgkill); blocked, they stay pending, harmlessly.
+    Children get an empty mask (``setsigmask=()``). ptrace is not a concern: the
+    kernel marks the agent non-dumpable when a thread's euid changes.
+    """
     assert _NUMBERS is not None
     sys_setgroups, sys_setresuid, sys_setresgid, sys_unshare = _NUMBERS
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     _syscall(sys_unshare, _CLONE_FS)
     if switch_user:
         groups = (ctypes.c_uint * max(1, len(ident.groups)))(*ident.groups)
@@ -226,11 +232,11 @@ class Spawner:
         self._pools: dict[tuple[int, int, tuple[int, ...]], ThreadPoolExecutor] = {}
         self._broken: set[tuple[int, int, tuple[int, ...]]] = set()
         self._fallback = ThreadPoolExecutor(_THREADS_PER_IDENTITY, "spawn-fallback")
-        self.fast = _NUMBERS is not None
+        # ATELIER_AGENT_SPAWN=fork forces the fallback (for tests and debugging)
+        self.fast = _NUMBERS is not None and os.environ.get("ATELIER_AGENT_SPAWN") != "fork"
         if not self.fast:
-            log.warning(
-                "no per-thread credential switch on %s; spawning via fork", platform.machine()
-            )
+            reason = "forced" if _NUMBERS is not None else f"unsupported on {os.uname().machine}"
+            log.warning("per-thread credential switch %s; spawning via fork", reason)
 
     def _needs_switch(self, ident: Identity) -> bool:
         """Whether the spawner has to switch credentials for ``ident``."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from .common import AgentError, exit_fields, log, parse_signal
 from .pipes import InputPipe, OutputPipe, pump_output
-from .processes import EXIT_GRACE, build_command, resolve_cwd
+from .process import EXIT_GRACE, build_command, resolve_cwd
 from .protocol import ConnectionLost, Data, Msg, RemoteError, Stream, StreamClosed
 from .spawn import BadCwd, CommandNotFound, ExecFailed, Spawner, SpawnRequest
 from .users import base_env, resolve_user

@@ -4,6 +4,7 @@ exactly like a runtime starts it (bootstrap argv, package mounted as ``agent``).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -35,13 +36,15 @@ class AgentProcess:
         raise AssertionError("no VmRSS")
 
 
-def start_agent(root: Path) -> AgentProcess:
+def start_agent(root: Path, env: dict[str, str] | None = None) -> AgentProcess:
     mount = root / "mount"
     mount.mkdir(parents=True)
     (mount / "agent").symlink_to(bootstrap.package_dir())
     run = root / "run"
     argv = bootstrap.agent_argv(python=sys.executable, mount=str(mount), run_dir=str(run))
-    proc = subprocess.Popen(argv, start_new_session=True, cwd=str(root))
+    proc = subprocess.Popen(
+        argv, start_new_session=True, cwd=str(root), env={**os.environ, **(env or {})}
+    )
     return AgentProcess(proc, run / bootstrap.SOCKET_NAME, run / bootstrap.LOG_NAME, root)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from agent_harness import AgentProcess, pid_alive, proc_state, wait_until
@@ -165,7 +167,7 @@ async def test_background_list_attach_replay_and_kill(client: AgentClient) -> No
     [info] = [p for p in await client.list_processes() if p["pid"] == pid]
     assert info["running"] is True and info["background"] is True
     assert info["tag"] == "job-1" and info["user"] == "root"
-    assert info["cmd"] == "echo first; echo oops >&2; exec sleep 30"
+    assert info["cmd"] == "echo first; echo oops >&2; exec sleep 30" and info["argv"] is None
     assert info["exit_code"] is None and info["started_at"].endswith("Z")
     assert pid_alive(pid)
 
@@ -192,6 +194,7 @@ async def test_exited_background_output_is_kept_until_attached(client: AgentClie
     await asyncio.sleep(0.1)
     [info] = [p for p in await client.list_processes() if p["pid"] == session.pid]
     assert (info["running"], info["exit_code"]) == (False, 4)
+    assert (info["cmd"], info["argv"]) == (None, ["sh", "-c", "echo done; exit 4"])
     result = await (await client.attach(session.pid)).collect()
     assert (result.exit_code, result.stdout) == (4, b"done\n")
 
@@ -317,3 +320,33 @@ async def test_no_descriptor_leaks(client: AgentClient, agent: AgentProcess) -> 
         size, chunks = await client.read_file("/etc/hostname")
         assert size == len(b"".join([c async for c in chunks]))
     await wait_until(lambda: open_fds() <= before, timeout=3)
+
+
+async def test_user_cannot_ptrace_or_signal_the_agent(
+    client: AgentClient, agent: AgentProcess
+) -> None:
+    # Spawner threads run with the user's credentials inside the root agent.
+    await client.run(argv=["true"], user="nobody")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    tids = []
+    for tid in os.listdir(f"/proc/{agent.pid}/task"):
+        status = Path(f"/proc/{agent.pid}/task/{tid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        if int(uids[1]) == nobody:
+            tids.append(int(tid))
+    assert tids, "expected spawner threads running as nobody"
+    script = (
+        "import ctypes, os, signal, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "pid, tids = int(sys.argv[1]), [int(t) for t in sys.argv[2:]]\n"
+        "for tid in tids:\n"
+        "    assert libc.ptrace(16, tid, 0, 0) == -1 and ctypes.get_errno() == 1, 'ptrace'\n"
+        "    assert libc.syscall(234, pid, tid, signal.SIGTERM) == 0, 'tgkill'\n"
+        "print('ok')\n"
+    )
+    result = await client.run(
+        argv=[sys.executable, "-I", "-c", script, str(agent.pid), *map(str, tids)], user="nobody"
+    )
+    assert (result.exit_code, result.stdout) == (0, b"ok\n"), result.stderr
+    await asyncio.sleep(0.3)
+    assert (await client.ping()).pid == agent.pid  # still serving: SIGTERM stayed pending

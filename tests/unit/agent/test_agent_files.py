@@ -105,6 +105,13 @@ async def test_errors_map_to_codes(client: AgentClient, root: Path) -> None:
         await client.mkdir("/sys/atelier-test")
     with pytest.raises(InvalidRequest):
         await client.chmod(str(root / "file"), "rwx")
+    os.mkfifo(root / "fifo")
+    with pytest.raises(InvalidRequest, match="not a regular file"):
+        await client.read_file(str(root / "fifo"))
+    os.unlink(root / "fifo")
+    long_name = "é" * 120  # 240 bytes: the temp name must still fit in 255
+    assert (await client.write_file(str(root / long_name), b"x"))["size"] == 1
+    os.unlink(root / long_name)
     assert sorted(os.listdir(root)) == ["dir", "file"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pwd
 import re
+import sys
 
 from agent_harness import proc_state, wait_until
 
@@ -45,8 +46,12 @@ async def test_pty_echo_resize_and_exit(client: AgentClient) -> None:
 
 
 async def test_pty_is_the_controlling_terminal(client: AgentClient) -> None:
-    script = 'echo hi >/dev/tty && echo CTTY-OK; test "$TERM" = xterm-256color && echo TERM-OK'
-    session = await client.pty(argv=["/bin/sh", "-c", script], user="nobody")
+    # tcgetpgrp() only works on the caller's controlling terminal (ENOTTY otherwise)
+    script = (
+        "import os; assert os.tcgetpgrp(0) == os.getpgrp() == os.getsid(0); "
+        "print('CTTY-OK', os.environ['TERM'], os.getuid())"
+    )
+    session = await client.pty(argv=[sys.executable, "-c", script], user="nobody")
     out = bytearray()
     async for event in session:
         if isinstance(event, Started):
@@ -54,8 +59,9 @@ async def test_pty_is_the_controlling_terminal(client: AgentClient) -> None:
         if isinstance(event, Output):
             out += event.data
         else:
-            assert event.exit_code == 0
-    assert b"CTTY-OK" in out and b"TERM-OK" in out
+            assert event.exit_code == 0, bytes(out)
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert f"CTTY-OK xterm-256color {uid}".encode() in out
 
 
 async def test_pty_default_shell_and_user(client: AgentClient) -> None:
@@ -71,7 +77,8 @@ async def test_pty_default_shell_and_user(client: AgentClient) -> None:
 
 async def test_pty_close_hangs_up_the_session(client: AgentClient) -> None:
     session = await client.pty(argv=_SHELL, env={"PS1": "$ "})
-    await session.write(b"sleep 60 & echo BG=$!=GB\n")
+    # a job that ignores SIGHUP: only the agent's SIGKILL sweep of the session ends it
+    await session.write(b"trap '' HUP; (trap '' HUP; exec sleep 60) & echo BG=$!=GB\n")
     out = b""
     while (found := re.search(rb"BG=(\d+)=GB", out)) is None:
         out += await read_until(session, b"=GB", timeout=5)
