@@ -47,7 +47,7 @@ check: lint typecheck test
 
 # every benchmark prints one JSON object as its last line
 bench: deps
-	@shopt -s nullglob; for b in bench/*.py; do echo "== $$b" >&2; $(PY) "$$b"; done
+	@shopt -s nullglob; for b in bench/[!_]*.py; do echo "== $$b" >&2; $(PY) "$$b"; done
 
 openapi: deps
 	$(PY) -m atelier.api.openapi > docs/openapi.json.tmp
