@@ -7,6 +7,8 @@ besides the socket calls (error mapping, decoding, parsing) comes from
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from types import TracebackType
@@ -112,6 +114,16 @@ def _parse(call: Call[T], response: httpx.Response) -> T:
         ) from exc
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client of this process.
+
+    Building one loads the whole CA bundle (50-100 ms); httpx does it for each
+    new client, even for plain-HTTP URLs, which would dominate a fast create.
+    """
+    return ssl.create_default_context()
+
+
 # -- sync --------------------------------------------------------------------
 
 
@@ -127,6 +139,7 @@ class SyncHttp:
             headers=config.headers,
             timeout=config.timeout(),
             transport=transport,
+            verify=_tls_context(),
         )
 
     def call(self, call: Call[T], content: bytes | Iterator[bytes] | None = None) -> T:
@@ -238,6 +251,7 @@ class AsyncHttp:
             headers=config.headers,
             timeout=config.timeout(),
             transport=transport,
+            verify=_tls_context(),
         )
 
     async def call(self, call: Call[T], content: bytes | AsyncIterator[bytes] | None = None) -> T:
