@@ -24,4 +24,7 @@ def serve(settings: Settings) -> None:
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=5,
+        # asyncio, not uvloop: uvloop reserves SIGCHLD, which the sandbox reaper needs
+        loop="asyncio",
+        http="httptools",
     )
