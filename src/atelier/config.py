@@ -7,13 +7,16 @@ variables, the TOML file named by ``ATELIER_CONFIG`` (default
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -43,14 +46,40 @@ class Settings(BaseSettings):
     default_runtime: str = "gvisor"
     default_template: str = "base"
     pool_size: int = Field(2, ge=0, description="Pre-started sandboxes kept per default template.")
+    pool_refill_delay: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds to wait after a claim before booting a replacement, so the "
+        "boot does not compete with the new sandbox's first commands.",
+    )
     reconcile_interval: float = Field(1.0, gt=0, description="Seconds between reconciler passes.")
     runsc_bin: str = "runsc"
     runsc_platform: str | None = Field(None, description="Force a runsc platform (default: probe).")
     debian_mirror: str = "http://deb.debian.org/debian"
     debian_suite: str = "bookworm"
+    registry_mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Image repository rewrites applied before every pull (JSON object), "
+        'e.g. {"docker.io/*": "mirror.local:5000/dockerhub/*"}; see docs/images.md.',
+    )
+    insecure_registries: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Registries (host[:port]) reached over plain HTTP or unverified TLS; "
+        "comma-separated or a JSON list.",
+    )
     max_vcpus: int = Field(16, ge=1)
     max_memory_mib: int = Field(65536, ge=64)
     max_disk_mib: int = Field(1024 * 1024, ge=64)
+
+    @field_validator("insecure_registries", mode="before")
+    @classmethod
+    def _split_registries(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -71,6 +100,16 @@ class Settings(BaseSettings):
     @cached_property
     def templates_dir(self) -> Path:
         return self.data_dir / "templates"
+
+    @cached_property
+    def oci_dir(self) -> Path:
+        """The one OCI image layout every pulled or imported template shares."""
+        return self.data_dir / "oci"
+
+    @cached_property
+    def agent_runtime_dir(self) -> Path:
+        """Self-contained interpreters the agent runs on, one per Python version."""
+        return self.data_dir / "agent-runtime"
 
     @cached_property
     def sandboxes_dir(self) -> Path:

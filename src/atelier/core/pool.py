@@ -100,6 +100,8 @@ class WarmPool:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=30)
+                # a claim woke us: let the claimer's first commands have the CPUs
+                await asyncio.sleep(self.settings.pool_refill_delay)
 
     def start(self) -> None:
         if self.size > 0 and self._refill is None:
