@@ -18,6 +18,7 @@ from ..core.reconciler import Reconciler
 from ..core.service import SandboxService
 from ..images.store import TemplateStore
 from ..runtimes.base import Runtime
+from ..runtimes.host import host_runtimes
 from ..runtimes.registry import RuntimeRegistry
 from ..server.reaper import SandboxReaper
 from ..store.db import Database
@@ -27,15 +28,9 @@ from .errors import install_error_handlers
 from .routes import commands, files, pty, sandboxes, system
 from .schemas import ErrorBody
 
-__all__ = ["create_app", "default_runtimes"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("atelier.server")
-
-
-def default_runtimes(settings: Settings) -> list[Runtime]:
-    from ..runtimes.gvisor.runtime import GVisorRuntime
-
-    return [GVisorRuntime(settings)]
 
 
 def create_app(
@@ -65,7 +60,7 @@ def create_app(
         if await tokens.ensure_admin_token(settings.admin_token_file):
             log.warning("created the admin API token in %s", settings.admin_token_file)
         registry = RuntimeRegistry(
-            runtimes if runtimes is not None else default_runtimes(settings),
+            runtimes if runtimes is not None else host_runtimes(settings),
             default=settings.default_runtime,
         )
         templates = TemplateStore(settings)
