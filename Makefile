@@ -34,6 +34,7 @@ template:
 	ATELIER_DATA_DIR="$(ATELIER_TEST_DATA_DIR)" scripts/setup.sh template
 
 test: template
+	scripts/setup.sh test-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: deps

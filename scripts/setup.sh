@@ -2,6 +2,7 @@
 # Atelier on one host, from a fresh Debian 12 machine.
 #
 #   scripts/setup.sh deps       Debian packages, .venv, the project (idempotent)
+#   scripts/setup.sh test-deps  deps + what only the test suite needs (a local registry)
 #   scripts/setup.sh template   deps + build the base template if it is missing
 #   scripts/setup.sh up         template + start the server, wait for it, print how to use it
 #
@@ -23,7 +24,12 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 PACKAGES=(
     runsc debootstrap debian-archive-keyring e2fsprogs util-linux iproute2 nftables
     python3-venv python3-dev gcc libc6-dev git curl ca-certificates procps psmisc
+    skopeo umoci busybox-static
 )
+# Only the test suite needs these: a local registry (with htpasswd auth) to pull
+# images from. Never installed by `up`: on a systemd host docker-registry
+# would start a registry daemon.
+TEST_PACKAGES=(docker-registry apache2-utils)
 
 if [ -t 1 ]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 say() { printf '%s==>%s %s\n' "$BOLD" "$OFF" "$*"; }
@@ -41,17 +47,17 @@ as_root() {
 
 missing_packages() {
     local installed
-    installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null \
+    installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "$@" 2>/dev/null \
         | awk '$1 == "ii" { print $2 }' | sed 's/:.*//') || true
     local pkg
-    for pkg in "${PACKAGES[@]}"; do
+    for pkg in "$@"; do
         grep -qxF "$pkg" <<<"$installed" || printf '%s\n' "$pkg"
     done
 }
 
 install_packages() {
     local missing
-    mapfile -t missing < <(missing_packages)
+    mapfile -t missing < <(missing_packages "$@")
     [ "${#missing[@]}" -eq 0 ] && return 0
     say "installing Debian packages: ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -76,7 +82,12 @@ install_venv() {
 }
 
 deps() {
-    install_packages
+    install_packages "${PACKAGES[@]}"
+    install_venv
+}
+
+test_deps() {
+    install_packages "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     install_venv
 }
 
@@ -140,8 +151,9 @@ EOF
 
 case "${1:-up}" in
     deps) deps ;;
+    test-deps) test_deps ;;
     template) template ;;
     up) up ;;
     -h | --help | help) sed -n '2,10p' "$0" | cut -c3- ;;
-    *) die "unknown command ${1}; use deps, template or up" ;;
+    *) die "unknown command ${1}; use deps, test-deps, template or up" ;;
 esac

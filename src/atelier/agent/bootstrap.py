@@ -3,18 +3,25 @@
 The agent package directory is mounted read-only at ``{AGENT_MOUNT}/agent``
 and a host-visible, writable directory at :data:`RUN_DIR` receives the agent's
 unix socket and log. The agent runs as the sandbox's init (PID 1).
+
+Runtimes start it on a bundled interpreter mounted read-only at
+:data:`RUNTIME_MOUNT` (``atelier.images.agent_runtime``), never on the image's
+own Python: ``agent_argv(python=bundled_python())``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
     "AGENT_MOUNT",
     "LOG_NAME",
+    "RUNTIME_MOUNT",
     "RUN_DIR",
     "SOCKET_NAME",
     "agent_argv",
+    "bundled_python",
     "package_dir",
 ]
 
@@ -22,6 +29,7 @@ AGENT_MOUNT = "/.atelier"
 RUN_DIR = "/run/atelier"
 SOCKET_NAME = "agent.sock"
 LOG_NAME = "agent.log"
+RUNTIME_MOUNT = f"{AGENT_MOUNT}/runtime"
 
 # ``sys.modules['ssl'] = None``: asyncio imports ssl only opportunistically and
 # the agent never speaks TLS; skipping it (and ``site``, via -S) takes about a
@@ -33,14 +41,28 @@ _LAUNCH = (
 )
 
 
+def bundled_python(
+    root: str = RUNTIME_MOUNT,
+    loader: str = "ld-linux-x86-64.so.2",
+    python: str = "python3.11",
+) -> list[str]:
+    """argv prefix that runs the bundled interpreter at ``root`` through its own
+    dynamic loader and libraries (none of the image's are used)."""
+    return [f"{root}/bin/{loader}", "--library-path", f"{root}/lib", f"{root}/bin/{python}"]
+
+
 def agent_argv(
-    python: str = "/usr/bin/python3",
+    python: str | Sequence[str] = "/usr/bin/python3",
     mount: str = AGENT_MOUNT,
     run_dir: str = RUN_DIR,
 ) -> list[str]:
-    """argv that starts the agent from ``{mount}/agent``, serving ``{run_dir}/agent.sock``."""
+    """argv that starts the agent from ``{mount}/agent``, serving ``{run_dir}/agent.sock``.
+
+    ``python`` is an interpreter path, or an argv prefix such as
+    :func:`bundled_python`'s.
+    """
     return [
-        python,
+        *([python] if isinstance(python, str) else python),
         "-I",  # isolated: no PYTHON* env vars, no user site, no cwd on sys.path
         "-S",  # no site module: the agent needs nothing from site-packages
         "-B",  # the agent mount is read-only

@@ -1,13 +1,19 @@
-"""``python -m atelier.images``: build, list and remove templates.
+"""``python -m atelier.images``: build, pull, import, list and remove templates.
 
 python -m atelier.images build base [--force] [--data-dir DIR] [--include PKG,...]
+python -m atelier.images pull NAME IMAGE_REF [--creds USER:TOKEN] [--force] [--data-dir DIR]
+python -m atelier.images import NAME FILE.tar [--force] [--data-dir DIR]
 python -m atelier.images ls [--data-dir DIR]
 python -m atelier.images rm NAME [--data-dir DIR]
+
+``--creds`` may also come from ``$ATELIER_REGISTRY_CREDS`` (kept out of the
+shell history and of ``ps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,11 +34,13 @@ from rich.table import Table
 from ..config import Settings
 from ..errors import AtelierError
 from .debootstrap import ProgressEvent, build_template
-from .store import TemplateInfo, TemplateStore
+from .oci import import_archive, pull_template, remove_image_tag
+from .store import TemplateInfo, TemplateStore, read_manifest
 
 __all__ = ["main"]
 
 _PHASE_LABELS = {
+    "resolve": "Resolving",
     "prepare": "Preparing",
     "download": "Downloading",
     "extract": "Extracting",
@@ -104,16 +112,51 @@ class _Lines:
         )
 
 
+Build = Callable[[Callable[[ProgressEvent], None] | None], TemplateInfo]
+
+
 def _build(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args.data_dir)
     include = [p for p in (args.include or "").split(",") if p]
-    started = time.monotonic()
 
     def build(on_progress: Callable[[ProgressEvent], None] | None) -> TemplateInfo:
         return build_template(
             settings, args.name, force=args.force, packages=include, on_progress=on_progress
         )
 
+    return _run_with_progress(args, console, build)
+
+
+def _pull(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings(args.data_dir)
+    creds = args.creds or os.environ.get("ATELIER_REGISTRY_CREDS") or None
+
+    def pull(on_progress: Callable[[ProgressEvent], None] | None) -> TemplateInfo:
+        return pull_template(
+            settings,
+            args.name,
+            args.image_ref,
+            credentials=creds,
+            on_progress=on_progress,
+            force=args.force,
+        )
+
+    return _run_with_progress(args, console, pull)
+
+
+def _import(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings(args.data_dir)
+
+    def load(on_progress: Callable[[ProgressEvent], None] | None) -> TemplateInfo:
+        return import_archive(
+            settings, args.name, args.file, on_progress=on_progress, force=args.force
+        )
+
+    return _run_with_progress(args, console, load)
+
+
+def _run_with_progress(args: argparse.Namespace, console: Console, build: Build) -> int:
+    started = time.monotonic()
     if args.quiet:
         info = build(None)
     elif not console.is_terminal:
@@ -144,10 +187,13 @@ def _ls(args: argparse.Namespace, console: Console) -> int:
     if not templates:
         console.print("no templates; build one with: python -m atelier.images build base")
         return 0
-    table = Table("name", "runtime", "ready", "size", "created", "rootfs")
+    table = Table("name", "builder", "source", "runtime", "ready", "size", "created", "rootfs")
     for t in templates:
+        builder, source = _origin(t)
         table.add_row(
             t.name,
+            builder,
+            source,
             t.runtime,
             "yes" if t.ready else "[red]no[/]",
             _human(t.size_bytes),
@@ -158,8 +204,28 @@ def _ls(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _origin(info: TemplateInfo) -> tuple[str, str]:
+    """(builder, what it was built from) for ``ls``."""
+    manifest = read_manifest(info.rootfs.parent) or {}
+    builder = str(manifest.get("builder") or "-")
+    if builder == "oci":
+        source = manifest.get("image_ref") or manifest.get("archive") or "-"
+        digest = manifest.get("digest")
+        if isinstance(digest, str) and manifest.get("image_ref"):
+            source = f"{source} ({digest[:19]})"
+        return builder, str(source)
+    if builder == "debootstrap":
+        return builder, f"debian {manifest.get('suite') or '?'}"
+    return builder, "-"
+
+
 def _rm(args: argparse.Namespace, console: Console) -> int:
-    TemplateStore(_settings(args.data_dir)).remove(args.name)
+    settings = _settings(args.data_dir)
+    store = TemplateStore(settings)
+    was_oci = (read_manifest(store.path(args.name)) or {}).get("builder") == "oci"
+    store.remove(args.name)
+    if was_oci:
+        remove_image_tag(settings, args.name)  # and free the layers no one else uses
     console.print(f"removed template {args.name!r}")
     return 0
 
@@ -180,6 +246,23 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--include", help="extra Debian packages, comma-separated")
     build.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
+    pull = sub.add_parser("pull", parents=[common], help="make a template from a registry image")
+    pull.add_argument("name")
+    pull.add_argument("image_ref", metavar="IMAGE_REF", help="e.g. alpine:3, ghcr.io/org/img:tag")
+    pull.add_argument(
+        "--creds", help="USER:TOKEN for a private registry (or $ATELIER_REGISTRY_CREDS)"
+    )
+    pull.add_argument("--force", action="store_true", help="replace an existing template")
+    pull.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    pull.set_defaults(func=_pull)
+    imp = sub.add_parser(
+        "import", parents=[common], help="make a template from an OCI or docker-save tarball"
+    )
+    imp.add_argument("name")
+    imp.add_argument("file", type=Path, metavar="FILE.tar")
+    imp.add_argument("--force", action="store_true", help="replace an existing template")
+    imp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import)
     ls = sub.add_parser("ls", parents=[common], help="list templates")
     ls.set_defaults(func=_ls)
     rm = sub.add_parser("rm", parents=[common], help="remove a template")

@@ -66,6 +66,7 @@ class BundlePaths:
     run_dir: Path  # host side of /run/atelier (agent socket + log)
     agent_dir: Path  # host side of /.atelier/agent (read-only)
     tmp_dir: Path | None = None  # host side of /tmp (in the disk layer)
+    runtime_dir: Path | None = None  # host side of /.atelier/runtime: the agent's interpreter
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -113,6 +114,15 @@ def _mounts(paths: BundlePaths, memory_mib: int) -> list[dict[str, Any]]:
             "options": ["rbind", "rw"],
         },
     ]
+    if paths.runtime_dir is not None:
+        mounts.append(
+            {
+                "destination": bootstrap.RUNTIME_MOUNT,
+                "type": "bind",
+                "source": str(paths.runtime_dir),
+                "options": ["rbind", "ro"],
+            }
+        )
     if paths.tmp_dir is not None:
         # Without a /tmp mount runsc would put a tmpfs (memory) there; /tmp
         # belongs on the disk, where it counts against the disk limit.
@@ -132,7 +142,11 @@ def build_config(
     paths: BundlePaths,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The OCI runtime spec for ``spec`` (a JSON-ready dict)."""
+    """The OCI runtime spec for ``spec`` (a JSON-ready dict).
+
+    ``argv`` defaults to the agent on the image's ``/usr/bin/python3``; the
+    runtime passes the agent on the bundled interpreter (``paths.runtime_dir``).
+    """
     caps = list(CAPABILITIES)
     return {
         "ociVersion": OCI_VERSION,

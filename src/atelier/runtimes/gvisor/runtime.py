@@ -37,6 +37,7 @@ from ...errors import (
     RuntimeUnavailable,
     SandboxNotFound,
 )
+from ...images.agent_runtime import ensure_agent_runtime
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
 from . import layers, oci
 from .files import SandboxFiles, check_id, read_tail
@@ -63,7 +64,8 @@ class GVisorRuntime:
 
     def __init__(self, settings: Settings, *, init_argv: Sequence[str] | None = None) -> None:
         """``init_argv`` replaces the agent as the sandbox's init (tests and
-        benchmarks only); by default the agent runs (``bootstrap.agent_argv``)."""
+        benchmarks only); by default the agent runs on the bundled interpreter
+        (``images.agent_runtime``, mounted at ``bootstrap.RUNTIME_MOUNT``)."""
         self.settings = settings
         self.init_argv = list(init_argv) if init_argv is not None else None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -202,17 +204,24 @@ class GVisorRuntime:
         await layers.create_disk(paths.disk, spec.disk_mib)
         await layers.ensure_mounted(paths, spec.rootfs)
         write_identity(paths.rootfs, spec.hostname)
-        self._write_bundle(spec, files)
+        await self._write_bundle(spec, files)
         files.save_spec(spec)  # last: marks the sandbox as complete
 
-    def _write_bundle(self, spec: SandboxSpec, files: SandboxFiles) -> None:
+    async def _write_bundle(self, spec: SandboxSpec, files: SandboxFiles) -> None:
+        argv, runtime_dir = self.init_argv, None
+        if argv is None:
+            # The agent always runs on the bundled interpreter, never on the
+            # image's Python (which may be missing or another version).
+            runtime = await asyncio.to_thread(ensure_agent_runtime, self.settings)
+            argv, runtime_dir = runtime.agent_argv(), runtime.path
         paths = oci.BundlePaths(
             rootfs=files.layers.rootfs,
             run_dir=files.run_dir,
             agent_dir=bootstrap.package_dir(),
             tmp_dir=files.layers.tmp,
+            runtime_dir=runtime_dir,
         )
-        oci.write_config(files.bundle, oci.build_config(spec, paths, self.init_argv))
+        oci.write_config(files.bundle, oci.build_config(spec, paths, argv))
 
     async def start(self, sandbox_id: str) -> None:
         files = self.files(sandbox_id)
@@ -228,7 +237,7 @@ class GVisorRuntime:
                     return
                 await runsc.delete(files.cid, force=True, log=log)
             await layers.ensure_mounted(files.layers, spec.rootfs)
-            self._write_bundle(spec, files)
+            await self._write_bundle(spec, files)
             with contextlib.suppress(FileNotFoundError):
                 files.agent_socket.unlink()  # a stale socket from the last run
             await self._runsc_start(sandbox_id, files)
@@ -421,8 +430,38 @@ def write_identity(rootfs: Path, hostname: str) -> None:
     hosts = (
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     )
-    for rel, text in (("etc/hostname", f"{hostname}\n"), ("etc/hosts", hosts)):
-        target = rootfs / rel
-        target.unlink(missing_ok=True)
-        target.write_text(text)
-        target.chmod(0o644)
+    # Templates come from untrusted images: ``etc`` may be a symlink (to the
+    # host's /etc, from the host's point of view). Never follow one: work
+    # relative to a directory opened with O_NOFOLLOW, and create ``etc`` if the
+    # image has none. With a symlinked ``etc`` the image keeps its own files.
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("etc", 0o755, dir_fd=root_fd)
+        try:
+            etc_fd = os.open(
+                "etc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd
+            )
+        except OSError:
+            return  # a symlink or not a directory
+    finally:
+        os.close(root_fd)
+    try:
+        for name, text in (("hostname", f"{hostname}\n"), ("hosts", hosts)):
+            try:
+                os.unlink(name, dir_fd=etc_fd)  # a link from the template is replaced
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue  # a directory there: leave the image's choice alone
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=etc_fd,
+            )
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+    finally:
+        os.close(etc_fd)
