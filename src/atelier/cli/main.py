@@ -95,6 +95,21 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+def template(ctx: typer.Context) -> None:
+    """Build, pull, import, list and remove templates on this host (root).
+
+    ``atelier template build base``, ``pull NAME IMAGE``, ``import NAME FILE.tar``,
+    ``ls``, ``rm NAME``; ``atelier template --help`` for the options.
+    """
+    from atelier.images.__main__ import main as images_main
+
+    raise typer.Exit(images_main(list(ctx.args)))
+
+
+app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)(template)
 app.command()(sandboxes.create)
 app.command("ls")(sandboxes.ls)
 app.command("exec")(commands.exec_)
