@@ -13,6 +13,8 @@ __all__ = [
     "ChmodBody",
     "CommandBody",
     "ErrorBody",
+    "EventList",
+    "EventOut",
     "ExistsOut",
     "FileInfoOut",
     "FileListOut",
@@ -181,6 +183,21 @@ class ProcessOut(BaseModel):
 
 class ProcessListOut(BaseModel):
     processes: list[ProcessOut]
+
+
+class EventOut(BaseModel):
+    """One audit-trail entry: who did what to which sandbox, when."""
+
+    model_config = ConfigDict(extra="allow")
+
+    at: datetime
+    kind: str
+    sandbox_id: str | None
+    actor: str | None = Field(description="Token id, or 'system' for the server itself")
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
 
 
 class TemplateOut(BaseModel):

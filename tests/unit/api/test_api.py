@@ -141,3 +141,20 @@ async def test_audit_trail_records_who_did_what(api: Api) -> None:
     events = await ctx.repo.events(sid)
     assert [e["kind"] for e in events] == ["create", "delete"]
     assert all(e["actor"] not in (None, "system") for e in events)
+
+
+async def test_audit_trail_is_readable_by_owner_and_admin(api: Api) -> None:
+    sid = (await api.http.post("/v1/sandboxes", json={})).json()["id"]
+    await api.http.post(f"/v1/sandboxes/{sid}/stop")
+    r = await api.http.get(f"/v1/sandboxes/{sid}/events")
+    validate(r, "/v1/sandboxes/{sandbox_id}/events", "get")
+    assert [e["kind"] for e in r.json()["events"]] == ["create", "stop"]
+    r = await api.http.get("/v1/events")
+    validate(r, "/v1/events", "get")
+    assert {"create", "stop"} <= {e["kind"] for e in r.json()["events"]}
+    created = (await api.http.post("/v1/tokens", json={"name": "dev"})).json()
+    other = {"Authorization": f"Bearer {created['token']}"}
+    r = await api.http.get("/v1/events", headers=other)
+    assert r.status_code == 403
+    r = await api.http.get(f"/v1/sandboxes/{sid}/events", headers=other)
+    assert r.status_code == 404  # not theirs: not even its existence is revealed

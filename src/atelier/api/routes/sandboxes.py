@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 from ...core.models import CreateRequest, SandboxState
 from ...errors import InvalidRequest
 from ..deps import Auth, Ctx
-from ..schemas import SandboxCreate, SandboxList, SandboxOut, TimeoutBody
+from ..schemas import EventList, EventOut, SandboxCreate, SandboxList, SandboxOut, TimeoutBody
 
 __all__ = ["router"]
 
@@ -95,3 +95,16 @@ async def sandbox_logs(
     sandbox_id: str, ctx: Ctx, principal: Auth, tail: Annotated[int | None, Query(ge=1)] = None
 ) -> PlainTextResponse:
     return PlainTextResponse(await ctx.sandboxes.logs(principal, sandbox_id, tail))
+
+
+@router.get("/{sandbox_id}/events", response_model=EventList)
+async def sandbox_events(
+    sandbox_id: str,
+    ctx: Ctx,
+    principal: Auth,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> EventList:
+    """The sandbox's audit trail (oldest first)."""
+    await ctx.sandboxes.get(principal, sandbox_id)  # ownership check
+    events = await ctx.repo.events(sandbox_id, limit=limit)
+    return EventList(events=[EventOut.model_validate(e) for e in events])

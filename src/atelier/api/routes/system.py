@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from ... import __version__
 from ..deps import Auth, Ctx
 from ..schemas import (
+    EventList,
+    EventOut,
     HealthOut,
     InfoOut,
     PoolOut,
@@ -47,6 +51,17 @@ async def info(ctx: Ctx, _principal: Auth) -> InfoOut:
         template=pool.settings.default_template, target=pool.size, ready=await pool.ready()
     )
     return InfoOut(version=__version__, runtimes=runtimes, templates=_templates(ctx), pool=status)
+
+
+@router.get("/v1/events", response_model=EventList, tags=["audit"])
+async def all_events(
+    ctx: Ctx, principal: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> EventList:
+    """The whole audit trail, newest ``limit`` entries, oldest first (admin only)."""
+    principal.require_admin()
+    return EventList(
+        events=[EventOut.model_validate(e) for e in await ctx.repo.events(limit=limit)]
+    )
 
 
 @router.get("/v1/templates", response_model=TemplateList, tags=["templates"])
