@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Seconds to wait after a claim before booting a replacement, so the "
         "boot does not compete with the new sandbox's first commands.",
     )
+    preboot: bool = Field(
+        True,
+        description="For runtimes with memory snapshots: create by restoring a snapshot of "
+        "a freshly booted sandbox of the same shape (made in the background).",
+    )
     reconcile_interval: float = Field(1.0, gt=0, description="Seconds between reconciler passes.")
     runsc_bin: str = "runsc"
     runsc_platform: str | None = Field(None, description="Force a runsc platform (default: probe).")

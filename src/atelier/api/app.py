@@ -78,6 +78,7 @@ def create_app(
             yield
         finally:
             await pool.stop()
+            await service.preboots.close()
             await reconciler.stop()
             await agents.close_all()
             await db.close()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from ..config import Settings
 from ..errors import (
@@ -39,6 +40,7 @@ from .models import (
     check_transition,
     require_running,
 )
+from .preboot import Preboots, PrebootShape, SnapshottingRuntime
 
 __all__ = ["SandboxService"]
 
@@ -67,8 +69,15 @@ class SandboxService:
         self.templates = templates
         self.agents = agents
         self._locks: dict[str, asyncio.Lock] = {}
+        self.preboots = Preboots(settings, self._probe_agent)
         self.claim_pooled: Callable[[CreateRequest, Principal], Awaitable[SandboxRecord | None]]
         self.claim_pooled = _no_pool
+
+    async def _probe_agent(self, sandbox_id: str, runtime_name: str) -> None:
+        """Wait until a sandbox's agent answers (without caching the connection)."""
+        socket = self.runtimes.get(runtime_name).agent_socket(sandbox_id)
+        client = await AgentClient.connect(socket, timeout=AGENT_READY_TIMEOUT)
+        await client.close()
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -174,13 +183,37 @@ class SandboxService:
                 hostname=rec.id,
                 labels=rec.labels,
             )
+            shape = PrebootShape(
+                runtime.name,
+                template.name,
+                str(template.created_at),
+                rec.vcpus,
+                rec.memory_mib,
+                rec.disk_mib,
+            )
+            prebootable = self.settings.preboot and Preboots.supported(runtime)
+            snapshot = self.preboots.ready(shape) if prebootable else None
             try:
                 t0 = time.perf_counter()
-                await runtime.create(spec)
+                if snapshot is not None:
+                    await cast(SnapshottingRuntime, runtime).create_from_snapshot(spec, snapshot)
+                else:
+                    await runtime.create(spec)
                 t1 = time.perf_counter()
                 await runtime.start(rec.id)
                 t2 = time.perf_counter()
-                await self.agents.get(rec.id, rec.runtime, timeout=AGENT_READY_TIMEOUT)
+                agent = await self.agents.get(rec.id, rec.runtime, timeout=AGENT_READY_TIMEOUT)
+                if snapshot is not None:  # the clone still has the snapshot's identity
+                    await agent.run(
+                        argv=[
+                            "sh",
+                            "-c",
+                            'hostname "$1" && echo "$1" > /etc/hostname',
+                            "sh",
+                            rec.id,
+                        ],
+                        user="root",
+                    )
                 t3 = time.perf_counter()
             except BaseException as exc:
                 await self._discard(rec.id, rec.runtime)
@@ -193,14 +226,17 @@ class SandboxService:
                 rec.id, state=S.RUNNING, started_at=started, expires_at=_expiry(rec.timeout)
             )
         log.info(
-            "sandbox %s running in %.0f ms (disk %.0f, boot %.0f, agent %.0f)%s",
+            "sandbox %s running in %.0f ms (disk %.0f, %s %.0f, agent %.0f)%s",
             rec.id,
             (t3 - t0) * 1000,
             (t1 - t0) * 1000,
+            "restore" if snapshot is not None else "boot",
             (t2 - t1) * 1000,
             (t3 - t2) * 1000,
             " [pool]" if pooled else "",
         )
+        if prebootable and snapshot is None:
+            self.preboots.ensure(runtime, shape, spec)
         await self.repo.record_event("create", rec.id, owner, template=rec.template, pooled=pooled)
         return rec
 
