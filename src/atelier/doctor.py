@@ -10,10 +10,9 @@ command calls ``run_checks`` + ``render`` and exits non-zero unless
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +25,6 @@ from .images.store import TemplateInfo, TemplateStore
 from .runtimes.base import RuntimeAvailability
 
 __all__ = [
-    "RUNTIMES",
     "Check",
     "DoctorReport",
     "HostFacts",
@@ -35,10 +33,6 @@ __all__ = [
     "render",
     "run_checks",
 ]
-
-RUNTIMES = ("gvisor", "qemu", "firecracker")
-FIRECRACKER_ENV = "ATELIER_FIRECRACKER_BIN"
-QEMU_BIN = "qemu-system-x86_64"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,29 +77,8 @@ class HostFacts:
     debootstrap: str | None  # version line, None if missing
     runsc: str | None
     runsc_platform: tuple[str, str] | None  # (name, reason), None if runsc is missing
-    gvisor: RuntimeAvailability  # what the gvisor runtime says about itself
-    qemu: str | None
-    firecracker_bin: str | None  # resolved path, None if missing
-    firecracker: str | None  # version line
+    runtimes: tuple[RuntimeAvailability, ...]  # what each runtime says about itself
     template: TemplateInfo | None  # the default template, None if absent
-    implemented: frozenset[str] = field(default_factory=lambda: frozenset({"gvisor"}))
-
-
-def _implemented_runtimes() -> frozenset[str]:
-    names = set()
-    for name in RUNTIMES:
-        try:
-            if importlib.util.find_spec(f"atelier.runtimes.{name}.runtime") is not None:
-                names.add(name)
-        except ModuleNotFoundError:
-            continue
-    return frozenset(names)
-
-
-def _gvisor_availability(settings: Settings) -> RuntimeAvailability:
-    from .runtimes.gvisor.runtime import GVisorRuntime
-
-    return GVisorRuntime(settings).availability()
 
 
 def _runsc_platform(settings: Settings) -> tuple[str, str] | None:
@@ -119,9 +92,8 @@ def _runsc_platform(settings: Settings) -> tuple[str, str] | None:
 
 def gather_facts(settings: Settings) -> HostFacts:
     """Probe the host. Read-only: creates no file, directory or process that stays."""
-    fc_bin = os.environ.get(FIRECRACKER_ENV) or shutil.which("firecracker")
-    if fc_bin and not os.access(fc_bin, os.X_OK):
-        fc_bin = None
+    from .runtimes.host import host_runtimes
+
     store = TemplateStore(settings)
     template = next((t for t in store.list() if t.name == settings.default_template), None)
     return HostFacts(
@@ -137,12 +109,8 @@ def gather_facts(settings: Settings) -> HostFacts:
         ),
         runsc=hostinfo.tool_version(settings.runsc_bin),
         runsc_platform=_runsc_platform(settings),
-        gvisor=_gvisor_availability(settings),
-        qemu=hostinfo.tool_version(QEMU_BIN),
-        firecracker_bin=fc_bin,
-        firecracker=hostinfo.tool_version(fc_bin, which=lambda n: n) if fc_bin else None,
+        runtimes=tuple(rt.availability() for rt in host_runtimes(settings)),
         template=template,
-        implemented=_implemented_runtimes(),
     )
 
 
@@ -216,40 +184,11 @@ def _checks(settings: Settings, f: HostFacts) -> list[Check]:
     return checks
 
 
-def _qemu(f: HostFacts) -> RuntimeAvailability:
-    kvm_ok, kvm_reason = f.kvm
-    if f.qemu is None:
-        host = f"{QEMU_BIN} not found (apt-get install qemu-system-x86)"
-    elif kvm_ok:
-        host = f"{f.qemu}; would run microVMs with KVM"
-    else:
-        host = f"{f.qemu}; would run microVMs with TCG software emulation ({kvm_reason})"
-    if "qemu" not in f.implemented:
-        return RuntimeAvailability("qemu", False, f"not implemented in this version; host: {host}")
-    return RuntimeAvailability("qemu", f.qemu is not None, host)
-
-
-def _firecracker(f: HostFacts) -> RuntimeAvailability:
-    kvm_ok, kvm_reason = f.kvm
-    why_not = []
-    if f.firecracker_bin is None:
-        why_not.append(f"firecracker binary not found (set {FIRECRACKER_ENV} or put it on PATH)")
-    if not kvm_ok:
-        why_not.append(f"needs a KVM that boots standard guests ({kvm_reason})")
-    found = f"{f.firecracker or f.firecracker_bin} with KVM"
-    host = "; ".join(why_not) if why_not else found
-    if "firecracker" not in f.implemented:
-        return RuntimeAvailability(
-            "firecracker", False, f"not implemented in this version; host: {host}"
-        )
-    return RuntimeAvailability("firecracker", not why_not, host)
-
-
 def evaluate(settings: Settings, facts: HostFacts) -> DoctorReport:
     """The verdicts for ``facts`` (pure: no probing)."""
     return DoctorReport(
         checks=_checks(settings, facts),
-        runtimes=[facts.gvisor, _qemu(facts), _firecracker(facts)],
+        runtimes=list(facts.runtimes),
         default_runtime=settings.default_runtime,
     )
 

@@ -14,6 +14,14 @@ from atelier.images.store import TemplateInfo
 from atelier.runtimes.base import RuntimeAvailability
 
 PVM = (False, "kvm: /dev/kvm is a PVM host that cannot boot a standard guest")
+GVISOR_OK = RuntimeAvailability("gvisor", True, "runsc 20221219, platform ptrace")
+QEMU_TCG = RuntimeAvailability("qemu", True, "QEMU 7.2.15, accel tcg (PVM host)")
+FC_DOWN = RuntimeAvailability(
+    "firecracker",
+    False,
+    "firecracker binary not found (set ATELIER_FIRECRACKER_BIN or put firecracker on PATH); "
+    "kvm: /dev/kvm is a PVM host that cannot boot a standard guest",
+)
 
 
 def facts(tmp_path: Path, **overrides: object) -> HostFacts:
@@ -28,10 +36,7 @@ def facts(tmp_path: Path, **overrides: object) -> HostFacts:
         debootstrap="debootstrap 1.0.128+nmu2+deb12u2",
         runsc="runsc version 0.0~20221219.0",
         runsc_platform=("ptrace", "no systrap in this runsc"),
-        gvisor=RuntimeAvailability("gvisor", True, "runsc 20221219, platform ptrace"),
-        qemu="QEMU emulator version 7.2.15",
-        firecracker_bin=None,
-        firecracker=None,
+        runtimes=(GVISOR_OK, QEMU_TCG, FC_DOWN),
         template=TemplateInfo(
             "base", "gvisor", True, 200 * 2**20, datetime.now(UTC), tmp_path / "rootfs"
         ),
@@ -49,46 +54,27 @@ def text(report_facts: HostFacts, tmp_path: Path) -> str:
     return console.export_text()
 
 
-def test_pvm_host_runs_gvisor_only(tmp_path: Path) -> None:
+def test_runtime_verdicts_are_the_runtimes_own(tmp_path: Path) -> None:
     report = evaluate(settings(tmp_path), facts(tmp_path))
     assert report.ok
     assert report.problems == []
-    gvisor, qemu, fc = (report.runtime(n) for n in ("gvisor", "qemu", "firecracker"))
-    assert gvisor is not None and gvisor.available
-    assert qemu is not None and not qemu.available
-    assert "not implemented in this version" in qemu.reason
-    assert "TCG" in qemu.reason and "PVM" in qemu.reason
-    assert fc is not None and not fc.available
-    assert "PVM host that cannot boot a standard guest" in fc.reason
-    assert "ATELIER_FIRECRACKER_BIN" in fc.reason
+    assert report.runtimes == [GVISOR_OK, QEMU_TCG, FC_DOWN]
     kvm = next(c for c in report.checks if c.name == "kvm")
     assert not kvm.ok and not kvm.required
+    out = text(facts(tmp_path), tmp_path)
+    assert "ATELIER_FIRECRACKER_BIN" in out and "accel tcg" in out
 
 
-def test_real_kvm_host_with_firecracker(tmp_path: Path) -> None:
-    report = evaluate(
-        settings(tmp_path),
-        facts(
-            tmp_path,
-            kvm=(True, "kvm: /dev/kvm usable (vmx)"),
-            firecracker_bin="/usr/local/bin/firecracker",
-            firecracker="Firecracker v1.7.0",
-            implemented=frozenset({"gvisor", "qemu", "firecracker"}),
-        ),
-    )
-    fc, qemu = report.runtime("firecracker"), report.runtime("qemu")
-    assert fc is not None and fc.available and "Firecracker v1.7.0" in fc.reason
-    assert qemu is not None and qemu.available and "with KVM" in qemu.reason
+def test_gather_facts_asks_every_host_runtime(tmp_path: Path) -> None:
+    from atelier.doctor import gather_facts
 
-
-def test_qemu_missing_is_explained(tmp_path: Path) -> None:
-    qemu = evaluate(settings(tmp_path), facts(tmp_path, qemu=None)).runtime("qemu")
-    assert qemu is not None and "qemu-system-x86_64 not found" in qemu.reason
+    names = [r.name for r in gather_facts(settings(tmp_path)).runtimes]
+    assert names[0] == "gvisor" and "firecracker" in names
 
 
 def test_default_runtime_unavailable_is_not_ok(tmp_path: Path) -> None:
     down = RuntimeAvailability("gvisor", False, "runsc binary 'runsc' not found (install gVisor)")
-    f = facts(tmp_path, gvisor=down, runsc=None, runsc_platform=None, euid=1000)
+    f = facts(tmp_path, runtimes=(down,), runsc=None, runsc_platform=None, euid=1000)
     report = evaluate(settings(tmp_path), f)
     assert not report.ok
     assert {c.name for c in report.problems} == {"root", "runsc"}
@@ -121,5 +107,5 @@ def test_render_tables(tmp_path: Path) -> None:
 
 def test_render_does_not_interpret_markup_in_details(tmp_path: Path) -> None:
     down = RuntimeAvailability("gvisor", False, "odd [bold]reason[/bold] [x]")
-    out = text(facts(tmp_path, gvisor=down), tmp_path)
+    out = text(facts(tmp_path, runtimes=(down,)), tmp_path)
     assert "odd [bold]reason[/bold] [x]" in out
