@@ -25,6 +25,7 @@ PACKAGES=(
     runsc debootstrap debian-archive-keyring e2fsprogs util-linux iproute2 nftables
     python3-venv python3-dev gcc libc6-dev git curl ca-certificates procps psmisc
     skopeo umoci busybox-static
+    qemu-system-x86 qemu-utils lz4 cpio
 )
 # Only the test suite needs these: a local registry (with htpasswd auth) to pull
 # images from. Never installed by `up`: on a systemd host docker-registry

@@ -124,7 +124,11 @@ def find_leaks(data_dir: Path) -> LeakReport:
     """Everything on the host that still belongs to sandboxes of ``data_dir``."""
     root = str(data_dir.resolve())
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    runsc = [line.strip() for line in procs.splitlines() if "runsc" in line and root in line]
+    runsc = [
+        line.strip()
+        for line in procs.splitlines()
+        if ("runsc" in line or "qemu-system" in line or "firecracker" in line) and root in line
+    ]
     mounts = [
         line.split()[1]
         for line in Path("/proc/mounts").read_text().splitlines()

@@ -46,21 +46,27 @@ def _setup_logging(path: str) -> None:
     if directory:
         os.makedirs(directory, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    formatter = logging.Formatter(
-        "%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"
-    )
+    formatter = _OneLine("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
-    root = logging.getLogger("atelier.agent")
+    root = logging.getLogger()  # asyncio's own warnings land in the file too
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger("atelier.agent").setLevel(logging.INFO)
+
+
+class _OneLine(logging.Formatter):
+    """One line per event, even for tracebacks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atelier-agent", description="Atelier in-sandbox agent")
     parser.add_argument("--socket", required=True, help="unix socket to listen on")
     parser.add_argument("--log", required=True, help="log file (appended)")
+    parser.add_argument("--serial", help="also serve the host on this virtio-serial port (VMs)")
     args = parser.parse_args(argv)
     _harden()
     socket_path = os.path.abspath(args.socket)
@@ -71,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("atelier.agent")
     log.info("agent starting pid=%d python=%s", os.getpid(), sys.version.split()[0])
     try:
-        asyncio.run(AgentServer(socket_path).run())
+        server = AgentServer(socket_path)
+        if args.serial:
+            from .serial_channel import serve
+
+            asyncio.run(serve(server, args.serial))
+        else:
+            asyncio.run(server.run())
     except Exception:
         log.exception("agent crashed")
         return 1

@@ -89,6 +89,10 @@ class Preboots:
         path = self.root / shape.key()
         return path if (path / READY_MARK).exists() else None
 
+    def discard(self, shape: PrebootShape) -> None:
+        """Forget a snapshot that could not be restored; the next create makes a new one."""
+        shutil.rmtree(self.root / shape.key(), ignore_errors=True)
+
     def ensure(self, runtime: Runtime, shape: PrebootShape, spec: SandboxSpec) -> None:
         """Start making the snapshot for ``shape`` in the background (once)."""
         key = shape.key()

@@ -27,7 +27,7 @@ from ..errors import (
     TemplateNotFound,
 )
 from ..images.store import TemplateStore
-from ..runtimes.base import Capability, RuntimeState, SandboxSpec
+from ..runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
 from ..runtimes.registry import RuntimeRegistry
 from ..store.repository import Repository, utcnow
 from .agent_client import AgentClient
@@ -48,6 +48,11 @@ log = logging.getLogger("atelier.service")
 S = SandboxState
 AGENT_READY_TIMEOUT = 60.0
 SYSTEM = "system"
+# A clone restored from a pre-booted snapshot takes its own name ($1).
+RENAME_SCRIPT = (
+    'hostname "$1" && echo "$1" > /etc/hostname && '
+    r'sed -i "s/^127\.0\.1\.1\s.*/127.0.1.1\t$1/" /etc/hosts'
+)
 
 
 def new_sandbox_id() -> str:
@@ -72,6 +77,18 @@ class SandboxService:
         self.preboots = Preboots(settings, self._probe_agent)
         self.claim_pooled: Callable[[CreateRequest, Principal], Awaitable[SandboxRecord | None]]
         self.claim_pooled = _no_pool
+
+    async def _restore_or_none(
+        self, runtime: Runtime, spec: SandboxSpec, snapshot: Path
+    ) -> Path | None:
+        """Prepare a restore from ``snapshot``; ``None`` (boot cold) if it cannot be used."""
+        try:
+            await cast(SnapshottingRuntime, runtime).create_from_snapshot(spec, snapshot)
+        except AtelierError as exc:
+            log.warning("pre-booted snapshot %s unusable (%s); booting cold", snapshot.name, exc)
+            await runtime.destroy(spec.sandbox_id)
+            return None
+        return snapshot
 
     async def _probe_agent(self, sandbox_id: str, runtime_name: str) -> None:
         """Wait until a sandbox's agent answers (without caching the connection)."""
@@ -196,24 +213,26 @@ class SandboxService:
             try:
                 t0 = time.perf_counter()
                 if snapshot is not None:
-                    await cast(SnapshottingRuntime, runtime).create_from_snapshot(spec, snapshot)
-                else:
+                    snapshot = await self._restore_or_none(runtime, spec, snapshot)
+                if snapshot is None:
                     await runtime.create(spec)
                 t1 = time.perf_counter()
-                await runtime.start(rec.id)
+                if snapshot is not None:
+                    try:
+                        await runtime.start(rec.id)
+                    except AtelierError as exc:  # e.g. QEMU or its accel changed
+                        log.warning("restore of %s failed (%s); booting cold", rec.id, exc)
+                        await runtime.destroy(rec.id)
+                        self.preboots.discard(shape)
+                        snapshot = None
+                        await runtime.create(spec)
+                        await runtime.start(rec.id)
+                else:
+                    await runtime.start(rec.id)
                 t2 = time.perf_counter()
                 agent = await self.agents.get(rec.id, rec.runtime, timeout=AGENT_READY_TIMEOUT)
                 if snapshot is not None:  # the clone still has the snapshot's identity
-                    await agent.run(
-                        argv=[
-                            "sh",
-                            "-c",
-                            'hostname "$1" && echo "$1" > /etc/hostname',
-                            "sh",
-                            rec.id,
-                        ],
-                        user="root",
-                    )
+                    await agent.run(argv=["sh", "-c", RENAME_SCRIPT, "sh", rec.id], user="root")
                 t3 = time.perf_counter()
             except BaseException as exc:
                 await self._discard(rec.id, rec.runtime)

@@ -15,5 +15,6 @@ __all__ = ["host_runtimes"]
 def host_runtimes(settings: Settings) -> list[Runtime]:
     from .firecracker import FirecrackerRuntime
     from .gvisor import GVisorRuntime
+    from .qemu import QemuRuntime
 
-    return [GVisorRuntime(settings), FirecrackerRuntime(settings)]
+    return [GVisorRuntime(settings), QemuRuntime(settings), FirecrackerRuntime(settings)]
