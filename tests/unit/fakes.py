@@ -90,5 +90,8 @@ class ProcessRuntime:
     def agent_socket(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "run" / bootstrap.SOCKET_NAME
 
+    def info(self, sandbox_id: str) -> dict[str, str]:
+        return {"isolation": "none (unit tests)"}
+
     def log_path(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "run" / bootstrap.LOG_NAME

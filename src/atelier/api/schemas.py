@@ -74,9 +74,12 @@ class SandboxOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     error: str | None
+    runtime_info: dict[str, Any] = Field(
+        default_factory=dict, description="How it runs, e.g. accel kvm|tcg (GET only)"
+    )
 
     @classmethod
-    def of(cls, rec: SandboxRecord) -> SandboxOut:
+    def of(cls, rec: SandboxRecord, runtime_info: dict[str, Any] | None = None) -> SandboxOut:
         return cls(
             id=rec.id,
             template=rec.template,
@@ -92,6 +95,7 @@ class SandboxOut(BaseModel):
             created_at=rec.created_at,
             started_at=rec.started_at,
             error=rec.error,
+            runtime_info=runtime_info or {},
         )
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from ..config import Settings
 from ..errors import (
@@ -122,6 +122,13 @@ class SandboxService:
         rec = await self.get(principal, sandbox_id)
         require_running(rec.id, rec.state)
         return rec, await self.agents.get(rec.id, rec.runtime)
+
+    def runtime_info(self, rec: SandboxRecord) -> dict[str, Any]:
+        """How the sandbox runs (accelerator, kernel, platform); empty if unknown."""
+        try:
+            return self.runtimes.get(rec.runtime).info(rec.id)
+        except AtelierError:
+            return {}
 
     async def logs(self, principal: Principal, sandbox_id: str, tail: int | None = None) -> str:
         rec = await self.get(principal, sandbox_id)

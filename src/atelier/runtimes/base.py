@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "Capability",
@@ -102,3 +102,6 @@ class Runtime(Protocol):
 
     def log_path(self, sandbox_id: str) -> Path:
         """Host path of the sandbox's runtime log (kept until destroy)."""
+
+    def info(self, sandbox_id: str) -> dict[str, Any]:
+        """How this sandbox runs, for display (e.g. ``{"accel": "tcg", "kernel_version": ...}``)."""

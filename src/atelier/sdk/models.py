@@ -75,6 +75,7 @@ class SandboxInfo:
     created_at: datetime | None = None
     started_at: datetime | None = None
     error: str | None = None
+    runtime_info: dict[str, Any] = field(default_factory=dict)  # e.g. {"accel": "tcg"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
@@ -93,6 +94,7 @@ class SandboxInfo:
             created_at=parse_datetime(data.get("created_at")),
             started_at=parse_datetime(data.get("started_at")),
             error=None if data.get("error") is None else str(data["error"]),
+            runtime_info=dict(data.get("runtime_info") or {}),
         )
 
 

@@ -55,7 +55,8 @@ async def list_sandboxes(
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
 async def get_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
-    return SandboxOut.of(await ctx.sandboxes.get(principal, sandbox_id))
+    rec = await ctx.sandboxes.get(principal, sandbox_id)
+    return SandboxOut.of(rec, ctx.sandboxes.runtime_info(rec))
 
 
 @router.delete("/{sandbox_id}", status_code=204, response_class=Response)

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ... import hostinfo
 from ...config import Settings
@@ -159,6 +160,9 @@ class FirecrackerRuntime:
         )
 
     # -- capabilities / availability -----------------------------------------------
+    def info(self, sandbox_id: str) -> dict[str, Any]:
+        return {"vmm": "firecracker", "accel": "kvm"}
+
     def capabilities(self) -> Capability:
         return Capability.PAUSE | Capability.MEMORY_SNAPSHOT | Capability.PERSISTENT_DISK
 

@@ -25,6 +25,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ...agent import bootstrap
 from ...config import Settings
@@ -142,6 +143,10 @@ class GVisorRuntime:
                 default_log=Path(os.path.abspath(self.settings.data_dir)) / "runsc.log",
             )
         return self._runsc
+
+    def info(self, sandbox_id: str) -> dict[str, Any]:
+        choice = detect_platform(self.settings.runsc_bin, self.settings.runsc_platform)
+        return {"platform": choice.name, "isolation": "gVisor user-space kernel"}
 
     def _prepare_host_dirs(self) -> None:
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
