@@ -29,6 +29,7 @@ host side connects; a slow poll backs it up.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import errno
@@ -128,7 +129,7 @@ class _Sigio:
 _SIGIO = _Sigio()
 
 
-class PortChannel:
+class PortChannel(abc.ABC):
     """Open a port, wait for a host, run :meth:`session` on it, repeat."""
 
     quiet_wait = False  # do not log while the port does not exist
@@ -140,8 +141,9 @@ class PortChannel:
         self._wake = asyncio.Event()
         self._sigio = False
 
+    @abc.abstractmethod
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Serve one host connection on the port until it goes away."""
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()

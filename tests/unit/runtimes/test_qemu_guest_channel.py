@@ -42,11 +42,18 @@ async def serve_control(path: Path, agent: sc.PortChannel) -> asyncio.AbstractSe
     return await asyncio.start_unix_server(on_client, str(path))
 
 
+class IdlePort(sc.PortChannel):
+    """A port that only exposes its waiting state (what the control channel reads)."""
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+
 async def test_control_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings: list[float] = []
     # never touch the host's clock
     monkeypatch.setattr(time, "clock_settime", lambda _clock, value: settings.append(value))
-    agent = sc.PortChannel("org.atelier.agent")
+    agent = IdlePort("org.atelier.agent")
     path = tmp_path / "control.sock"
     server = await serve_control(path, agent)
     try:

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -42,6 +41,7 @@ from typing import Any
 
 from ...errors import InvalidRequest, RuntimeFailure
 from ..base import SandboxSpec
+from ..common import ID_PATTERN, boot_id, check_id, spec_from_json, spec_to_json
 
 __all__ = [
     "ID_PATTERN",
@@ -61,7 +61,6 @@ __all__ = [
     "write_json",
 ]
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 
 API_SOCK = "api.sock"
@@ -71,21 +70,6 @@ LOG = "firecracker.log"
 METRICS = "metrics.json"
 RESTORE_STATE = "restore.vmstate"
 RESTORE_MEM = "restore.mem"
-
-
-def check_id(sandbox_id: str) -> str:
-    if not ID_PATTERN.fullmatch(sandbox_id):
-        raise InvalidRequest(
-            f"invalid sandbox id {sandbox_id!r}: use 1-64 letters, digits, '_', '.', '-'"
-        )
-    return sandbox_id
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,35 +161,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a JSON object")
     return data
-
-
-def spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
-    return {
-        "sandbox_id": spec.sandbox_id,
-        "template": spec.template,
-        "rootfs": str(spec.rootfs),
-        "vcpus": spec.vcpus,
-        "memory_mib": spec.memory_mib,
-        "disk_mib": spec.disk_mib,
-        "hostname": spec.hostname,
-        "labels": dict(spec.labels),
-    }
-
-
-def spec_from_json(data: dict[str, Any]) -> SandboxSpec:
-    try:
-        return SandboxSpec(
-            sandbox_id=str(data["sandbox_id"]),
-            template=str(data["template"]),
-            rootfs=Path(data["rootfs"]),
-            vcpus=int(data["vcpus"]),
-            memory_mib=int(data["memory_mib"]),
-            disk_mib=int(data["disk_mib"]),
-            hostname=str(data["hostname"]),
-            labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RuntimeFailure(f"corrupt sandbox spec: {exc!r}") from exc
 
 
 def read_tail(path: Path, limit: int = 2000) -> str:

@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ...agent import bootstrap
 from ...errors import InvalidRequest, RuntimeFailure
 from ..base import SandboxSpec
+from ..common import ID_PATTERN, check_id, spec_from_json, spec_to_json
 from .layers import LayerPaths
 from .runsc import container_id
 
@@ -36,16 +35,7 @@ __all__ = [
     "spec_to_json",
 ]
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
-
-
-def check_id(sandbox_id: str) -> str:
-    if not ID_PATTERN.fullmatch(sandbox_id):
-        raise InvalidRequest(
-            f"invalid sandbox id {sandbox_id!r}: use 1-64 letters, digits, '_', '.', '-'"
-        )
-    return sandbox_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,32 +103,6 @@ class SandboxFiles:
         tmp = self.spec.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec_to_json(spec), indent=2, sort_keys=True) + "\n")
         tmp.replace(self.spec)
-
-
-def spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
-    return {
-        "sandbox_id": spec.sandbox_id,
-        "template": spec.template,
-        "rootfs": str(spec.rootfs),
-        "vcpus": spec.vcpus,
-        "memory_mib": spec.memory_mib,
-        "disk_mib": spec.disk_mib,
-        "hostname": spec.hostname,
-        "labels": dict(spec.labels),
-    }
-
-
-def spec_from_json(data: dict[str, Any]) -> SandboxSpec:
-    return SandboxSpec(
-        sandbox_id=str(data["sandbox_id"]),
-        template=str(data["template"]),
-        rootfs=Path(data["rootfs"]),
-        vcpus=int(data["vcpus"]),
-        memory_mib=int(data["memory_mib"]),
-        disk_mib=int(data["disk_mib"]),
-        hostname=str(data["hostname"]),
-        labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
-    )
 
 
 def read_tail(path: Path, offset: int = 0, limit: int = 4000) -> str:

@@ -40,6 +40,7 @@ from ...errors import (
 )
 from ...images.agent_runtime import ensure_agent_runtime
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
+from ..common import boot_id as _boot_id
 from . import layers, oci
 from .files import SandboxFiles, check_id, read_tail
 from .platform import detect_platform
@@ -408,13 +409,6 @@ def _validate(spec: SandboxSpec, settings: Settings) -> None:
         raise InvalidRequest(f"disk_mib must be {layers.MIN_DISK_MIB}..{settings.max_disk_mib}")
     if not spec.hostname or len(spec.hostname) > 63:
         raise InvalidRequest("hostname must be 1..63 characters")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _remove_cgroups(path: str, root: Path = _CGROUP_ROOT) -> None:

@@ -36,6 +36,7 @@ from ...agent import bootstrap
 from ...config import Settings
 from ...errors import InvalidRequest, RuntimeFailure
 from ..base import SandboxSpec
+from ..common import ID_PATTERN, check_id, spec_from_json, spec_to_json
 from .cmdline import DiskLayer
 
 __all__ = [
@@ -52,18 +53,9 @@ __all__ = [
     "write_json",
 ]
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 SNAPSHOT_META = "snapshot.json"
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
-
-
-def check_id(sandbox_id: str) -> str:
-    if not ID_PATTERN.fullmatch(sandbox_id):
-        raise InvalidRequest(
-            f"invalid sandbox id {sandbox_id!r}: use 1-64 letters, digits, '_', '.', '-'"
-        )
-    return sandbox_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,35 +150,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
-    return {
-        "sandbox_id": spec.sandbox_id,
-        "template": spec.template,
-        "rootfs": str(spec.rootfs),
-        "vcpus": spec.vcpus,
-        "memory_mib": spec.memory_mib,
-        "disk_mib": spec.disk_mib,
-        "hostname": spec.hostname,
-        "labels": dict(spec.labels),
-    }
-
-
-def spec_from_json(data: dict[str, Any]) -> SandboxSpec:
-    try:
-        return SandboxSpec(
-            sandbox_id=str(data["sandbox_id"]),
-            template=str(data["template"]),
-            rootfs=Path(data["rootfs"]),
-            vcpus=int(data["vcpus"]),
-            memory_mib=int(data["memory_mib"]),
-            disk_mib=int(data["disk_mib"]),
-            hostname=str(data["hostname"]),
-            labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RuntimeFailure(f"invalid sandbox spec: {exc}") from exc
 
 
 def layers_to_json(layers: tuple[DiskLayer, ...]) -> list[dict[str, str]]:

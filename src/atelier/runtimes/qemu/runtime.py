@@ -37,6 +37,7 @@ from ...errors import (
 from ...images.diskimage import create_overlay, ensure_base_disk
 from ...images.kernel import GuestKernel, find_kernel
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
+from ..common import boot_id as _boot_id
 from . import guest, snapshots
 from .accel import AccelChoice, detect_accel
 from .boot import boot_files, quit_vm
@@ -392,10 +393,3 @@ class QemuRuntime:
                     with contextlib.suppress(InvalidRequest):
                         ids.add(check_id(match.group(1)))
         return sorted(ids)
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
