@@ -32,6 +32,7 @@ from atelier.config import Settings
 from atelier.errors import NotFound, PermissionDenied, ServiceUnavailable
 from atelier.images.oci import import_archive, pull_template, remove_image_tag
 from atelier.images.store import TemplateInfo, TemplateStore
+from ci_support import skip_unless_ci
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +44,11 @@ USER, SECRET = "alice", "s3cret-token"
 def _need_tools() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing {', '.join(missing)} (scripts/setup.sh deps installs them)")
+        skip_unless_ci(f"missing {', '.join(missing)} (scripts/setup.sh test-deps installs them)")
     if not BUSYBOX.exists():
-        pytest.skip("busybox-static is not installed")
+        skip_unless_ci("busybox-static is not installed")
     if os.geteuid() != 0:
-        pytest.skip("unpacking images with their ownership needs root")
+        skip_unless_ci("unpacking images with their ownership needs root")
 
 
 def run(*argv: str | Path) -> str:

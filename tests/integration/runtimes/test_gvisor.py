@@ -27,6 +27,7 @@ from atelier.errors import InvalidRequest, RuntimeFailure
 from atelier.images.store import TemplateInfo
 from atelier.runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
 from atelier.runtimes.gvisor import GVisorRuntime, layers, oci, proc
+from ci_support import skip_unless_ci
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ def runtime(settings: Settings) -> GVisorRuntime:
     rt = GVisorRuntime(settings, init_argv=SLEEP_INIT)
     status = rt.availability()
     if not status.available:
-        pytest.skip(f"gvisor runtime unavailable: {status.reason}")
+        skip_unless_ci(f"gvisor runtime unavailable: {status.reason}")
     return rt
 
 

@@ -32,6 +32,7 @@ from atelier.runtimes.base import Capability, RuntimeState, SandboxSpec
 from atelier.runtimes.qemu import QemuRuntime
 from atelier.runtimes.qemu.cgroups import VmCgroup
 from atelier.runtimes.qemu.process import find_processes
+from ci_support import skip_unless_ci
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -65,7 +66,7 @@ def runtime(qemu_data_dir: Path) -> QemuRuntime:
     rt = QemuRuntime(Settings(data_dir=qemu_data_dir))
     status = rt.availability()
     if not status.available:
-        pytest.skip(f"qemu runtime unavailable: {status.reason}")
+        skip_unless_ci(f"qemu runtime unavailable: {status.reason}")
     return rt
 
 
