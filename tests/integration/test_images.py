@@ -14,6 +14,7 @@ import pytest
 from atelier.config import Settings
 from atelier.images.debootstrap import build_template
 from atelier.images.store import TemplateInfo, TemplateStore
+from ci_support import skip_unless_ci
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,7 +52,7 @@ def test_base_rootfs_has_tools_and_user(base_template: TemplateInfo) -> None:
 
 def test_base_rootfs_runs(base_template: TemplateInfo) -> None:
     if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
+        skip_unless_ci("chroot needs root")
     root = base_template.rootfs
     assert chroot(root, "python3", "-c", "print(6*7)").strip() == "42"
     assert chroot(root, "git", "--version").startswith("git version")

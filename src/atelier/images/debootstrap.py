@@ -1,6 +1,6 @@
 """Build a Debian template with debootstrap.
 
-The build runs in ``templates_dir/.<name>.build-XXXX/`` and is renamed into
+The build runs in ``templates_dir/.<name>.build-<random>/`` and is renamed into
 ``templates_dir/<name>/`` only once complete, with its ``manifest.json``
 already inside: a crashed or interrupted build never leaves a directory that
 looks ready, and the next build sweeps its leftovers.

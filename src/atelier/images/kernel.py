@@ -8,7 +8,7 @@ LZ4-compressed payload of the bzImage is extracted once and kept::
 
     <data_dir>/kernels/
       .lock                      serializes fetches
-      .build-XXXX/               a fetch in progress (or crashed); swept
+      .build-<random>/               a fetch in progress (or crashed); swept
       <version>/                 e.g. 6.1.0-56-cloud-amd64
         tree/boot/vmlinuz-<version>, tree/lib/modules/<version>/...
         vmlinux                  the ELF kernel (PVH entry)

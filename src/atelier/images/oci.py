@@ -15,7 +15,7 @@ A pull, step by step (the template name's lock held throughout):
    store, the shared ``index.json`` is not touched yet;
 3. ``umoci unpack`` builds the root filesystem from that pull layout (it
    applies whiteouts and keeps file ownership) into
-   ``templates/.<name>.build-XXXX/``; ``rootfs`` is moved out of umoci's
+   ``templates/.<name>.build-<random>/``; ``rootfs`` is moved out of umoci's
    bundle and ``manifest.json`` (ref, digest, the image config's Env, User,
    WorkingDir, Entrypoint, Cmd, ExposedPorts) is written last;
 4. the build directory is renamed into place (atomically swapped with an

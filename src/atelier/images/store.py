@@ -5,7 +5,7 @@ Layout, under ``settings.templates_dir``::
     <name>/rootfs/         the root filesystem tree (read-only for sandboxes)
     <name>/manifest.json   written last by the builder: its presence = "ready"
     .<name>.lock           serializes builds and removals of one template
-    .<name>.build-XXXX/    a build in progress (or crashed); never listed
+    .<name>.build-<random>/    a build in progress (or crashed); never listed
 
 A directory ``<name>/`` without a readable manifest is listed as not ready
 (an interrupted copy, something made by hand); it is never used for sandboxes.

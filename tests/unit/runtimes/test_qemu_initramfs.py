@@ -14,6 +14,7 @@ from atelier.agent import bootstrap
 from atelier.errors import RuntimeFailure
 from atelier.images import initramfs as ir
 from atelier.images.kernel import find_kernel
+from ci_support import skip_unless_ci
 
 BUSYBOX = next((Path(p) for p in ir.BUSYBOX_CANDIDATES if Path(p).is_file()), None)
 needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox-static is not installed")
@@ -158,7 +159,7 @@ def test_build_and_cache(tmp_path: Path) -> None:
 
 def test_missing_agent(tmp_path: Path) -> None:
     if BUSYBOX is None:
-        pytest.skip("busybox-static is not installed")
+        skip_unless_ci("busybox-static is not installed")
     spec = ir.InitramfsSpec("6.1.0-test", fake_modules(tmp_path), tmp_path, ARGV, busybox=BUSYBOX)
     with pytest.raises(RuntimeFailure, match="not the agent package"):
         ir.build_initramfs(spec, tmp_path / "cache")
@@ -168,7 +169,7 @@ def test_real_kernel_module_order() -> None:
     root = Path(os.environ.get("ATELIER_TEST_DATA_DIR") or "/var/tmp/atelier-test") / "kernels"
     kernel = find_kernel(root)
     if kernel is None:
-        pytest.skip(f"no guest kernel fetched into {root} yet")
+        skip_unless_ci(f"no guest kernel fetched into {root} yet")
     builtin = (kernel.modules_dir / "modules.builtin").read_text()
     assert "kernel/fs/ext4/ext4.ko" in builtin  # ext4 needs no module
     index = {}

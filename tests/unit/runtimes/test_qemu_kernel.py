@@ -17,6 +17,7 @@ from atelier.images.kernel import (
     find_kernel,
     inspect_vmlinux,
 )
+from ci_support import skip_unless_ci
 
 needs_lz4 = pytest.mark.skipif(shutil.which("lz4") is None, reason="lz4 is not installed")
 
@@ -118,7 +119,7 @@ def real_kernel_dir() -> Path:
     root = Path(os.environ.get("ATELIER_TEST_DATA_DIR") or "/var/tmp/atelier-test") / "kernels"
     kernel = find_kernel(root)
     if kernel is None:
-        pytest.skip(f"no guest kernel fetched into {root} yet (the qemu integration tests do it)")
+        skip_unless_ci(f"no guest kernel in {root} yet (the qemu integration tests fetch it)")
     return kernel.root
 
 
