@@ -16,6 +16,7 @@ import pytest
 from atelier.config import Settings
 from atelier.images.debootstrap import build_template
 from atelier.images.store import TemplateInfo, TemplateStore
+from ci_support import skip_unless_ci
 
 DEFAULT_TEST_DATA_DIR = "/var/tmp/atelier-test"
 
@@ -34,7 +35,7 @@ def base_template(test_data_dir: Path) -> TemplateInfo:
     if info is not None and info.ready:
         return info
     if os.geteuid() != 0:
-        pytest.skip("building the base template needs root")
+        skip_unless_ci("building the base template needs root")
     if shutil.which("debootstrap", path="/usr/sbin:/sbin:/usr/bin:/bin") is None:
-        pytest.skip("debootstrap is not installed (scripts/setup.sh deps)")
+        skip_unless_ci("debootstrap is not installed (scripts/setup.sh deps)")
     return build_template(settings, "base")
