@@ -15,22 +15,32 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     │   └── NotADirectory (400 not_a_directory)
     ├── AuthenticationError (401 unauthenticated)
     ├── PermissionDenied (403 forbidden)
-    │   └── FilePermissionDenied (403 permission_denied)
+    │   ├── FilePermissionDenied (403 permission_denied)
+    │   └── GitAuthenticationFailed (403 git_auth_failed)
     ├── NotFound (404 not_found)
     │   ├── SandboxNotFound (404 sandbox_not_found)
     │   ├── TemplateNotFound (404 template_not_found)
     │   ├── ProcessNotFound (404 process_not_found)
     │   ├── FileNotFound (404 file_not_found)
-    │   └── TokenNotFound (404 token_not_found)
+    │   ├── TokenNotFound (404 token_not_found)
+    │   ├── OperationNotFound (404 operation_not_found)
+    │   ├── GitRepositoryNotFound (404 git_repo_not_found)
+    │   └── GitRefNotFound (404 git_ref_not_found)
     ├── Conflict (409 conflict)
     │   ├── InvalidStateTransition (409 invalid_state)
     │   ├── FileExists (409 file_exists)
-    │   └── DirectoryNotEmpty (409 directory_not_empty)
+    │   ├── DirectoryNotEmpty (409 directory_not_empty)
+    │   └── TemplateInUse (409 template_in_use)
     ├── ValidationFailed (422 validation_error)
+    │   ├── InvalidDockerfile (422 invalid_dockerfile)  - names the line
+    │   ├── BuildFailed (422 build_failed)       - a build step failed
+    │   └── WorkspaceSetupFailed (422 workspace_setup_failed)
     ├── RateLimited (429 rate_limited)
     ├── SandboxFailure (500 sandbox_error)       - a runtime or agent failed
     │   ├── RuntimeFailure (500 runtime_error)
     │   └── AgentFailure (500 agent_error)
+    ├── UpstreamFailure (502 upstream_error)     - a git host or registry failed
+    │   └── GitUnreachable (502 git_unreachable)
     ├── ServiceUnavailable (503 unavailable)
     │   └── RuntimeUnavailable (503 runtime_unavailable)
     └── ApiConnectionError (503 connection_error) - SDK: server unreachable
@@ -45,17 +55,24 @@ __all__ = [
     "ApiConnectionError",
     "AtelierError",
     "AuthenticationError",
+    "BuildFailed",
     "Conflict",
     "DirectoryNotEmpty",
     "FileExists",
     "FileNotFound",
     "FilePermissionDenied",
+    "GitAuthenticationFailed",
+    "GitRefNotFound",
+    "GitRepositoryNotFound",
+    "GitUnreachable",
+    "InvalidDockerfile",
     "InvalidPath",
     "InvalidRequest",
     "InvalidStateTransition",
     "IsADirectory",
     "NotADirectory",
     "NotFound",
+    "OperationNotFound",
     "PermissionDenied",
     "ProcessNotFound",
     "RateLimited",
@@ -64,9 +81,12 @@ __all__ = [
     "SandboxFailure",
     "SandboxNotFound",
     "ServiceUnavailable",
+    "TemplateInUse",
     "TemplateNotFound",
     "TokenNotFound",
+    "UpstreamFailure",
     "ValidationFailed",
+    "WorkspaceSetupFailed",
     "error_class_for",
     "from_payload",
 ]
@@ -118,6 +138,12 @@ class FilePermissionDenied(PermissionDenied):
     code = "permission_denied"
 
 
+class GitAuthenticationFailed(PermissionDenied):
+    """The git host refused the credentials (or none were given and it wants some)."""
+
+    code = "git_auth_failed"
+
+
 class NotFound(AtelierError):
     status, code = 404, "not_found"
 
@@ -142,6 +168,18 @@ class TokenNotFound(NotFound):
     code = "token_not_found"
 
 
+class OperationNotFound(NotFound):
+    code = "operation_not_found"
+
+
+class GitRepositoryNotFound(NotFound):
+    code = "git_repo_not_found"
+
+
+class GitRefNotFound(NotFound):
+    code = "git_ref_not_found"
+
+
 class Conflict(AtelierError):
     status, code = 409, "conflict"
 
@@ -158,8 +196,30 @@ class DirectoryNotEmpty(Conflict):
     code = "directory_not_empty"
 
 
+class TemplateInUse(Conflict):
+    code = "template_in_use"
+
+
 class ValidationFailed(AtelierError):
     status, code = 422, "validation_error"
+
+
+class InvalidDockerfile(ValidationFailed):
+    """A Dockerfile that cannot be built as written; the message names the line."""
+
+    code = "invalid_dockerfile"
+
+
+class BuildFailed(ValidationFailed):
+    """A template build step failed (e.g. a ``RUN`` exited non-zero)."""
+
+    code = "build_failed"
+
+
+class WorkspaceSetupFailed(ValidationFailed):
+    """A workspace's setup (e.g. a lifecycle command) failed; its output is kept."""
+
+    code = "workspace_setup_failed"
 
 
 class RateLimited(AtelierError):
@@ -176,6 +236,16 @@ class RuntimeFailure(SandboxFailure):
 
 class AgentFailure(SandboxFailure):
     code = "agent_error"
+
+
+class UpstreamFailure(AtelierError):
+    """A remote service Atelier depends on (a git host, a registry) failed."""
+
+    status, code = 502, "upstream_error"
+
+
+class GitUnreachable(UpstreamFailure):
+    code = "git_unreachable"
 
 
 class ServiceUnavailable(AtelierError):

@@ -114,6 +114,32 @@ async def test_connect_fails_if_ping_is_not_answered(tmp_path: Path) -> None:
         await agent.stop()
 
 
+async def test_connect_retries_a_lost_ping_on_a_new_connection(tmp_path: Path) -> None:
+    """A virtio-serial guest may drop the first ping of a quick reconnect: the
+    client must not wait for it until the overall timeout."""
+    agent = FakeAgent(tmp_path / "lossy.sock")
+    pings = 0
+
+    async def lose_the_first(stream: Stream, req: dict[str, Any]) -> None:
+        nonlocal pings
+        pings += 1
+        if pings == 1:
+            await asyncio.Event().wait()
+        await stream.send_msg({"pong": True, "protocol": 1, "pid": 7})
+
+    agent.on("ping", lose_the_first)
+    await agent.start()
+    try:
+        client = await AgentClient.connect(agent.path, timeout=60)
+        try:
+            assert (await client.ping()).pid == 7
+        finally:
+            await client.close()
+        assert pings == 3 and len(agent.connections) == 2  # lost, answered, ours
+    finally:
+        await agent.stop()
+
+
 @pytest.mark.parametrize(
     ("code", "cls"),
     [

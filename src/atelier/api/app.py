@@ -106,6 +106,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Conflicts with the current state"),
         (422, "The request body or query failed validation"),
         (500, "A runtime or agent failed"),
+        (502, "A git host or registry failed"),
         (503, "A runtime is unavailable on this host"),
     )
 }

@@ -373,6 +373,10 @@ def _command(
     return args
 
 
+_FIRST_PING_WAIT = 1.0  # seconds; doubled per unanswered ping ...
+_MAX_PING_WAIT = 8.0  # ... up to this
+
+
 class AgentClient:
     """One connection to one agent. Safe for many concurrent calls."""
 
@@ -385,11 +389,18 @@ class AgentClient:
     async def connect(
         cls, socket_path: str | os.PathLike[str], timeout: float = 10.0
     ) -> AgentClient:
-        """Connect, retrying until the agent answers ``ping`` or ``timeout`` passes."""
+        """Connect, retrying until the agent answers ``ping`` or ``timeout`` passes.
+
+        A ping that is not answered within a short, growing wait is retried on a
+        new connection rather than awaited until ``timeout``: on a virtio-serial
+        port the guest discards bytes that arrive while it closes the previous
+        host's session, so the first ping of a quick reconnect can be lost.
+        """
         path = os.fspath(socket_path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last: BaseException | None = None
+        ping_wait = _FIRST_PING_WAIT
         while True:
             remaining = deadline - loop.time()
             client: AgentClient | None = None
@@ -399,7 +410,9 @@ class AgentClient:
                 )
                 conn = Connection(reader, writer)
                 client = cls(conn, loop.create_task(conn.serve()), path)
-                await asyncio.wait_for(client.ping(), max(deadline - loop.time(), 0.001))
+                attempt_wait = min(ping_wait, deadline - loop.time())
+                ping_wait = min(ping_wait * 2, _MAX_PING_WAIT)
+                await asyncio.wait_for(client.ping(), max(attempt_wait, 0.001))
                 return client
             except (OSError, TimeoutError, AtelierError) as exc:
                 last = exc
