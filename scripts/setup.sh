@@ -23,14 +23,14 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 PACKAGES=(
     runsc debootstrap debian-archive-keyring e2fsprogs util-linux iproute2 nftables
-    python3-venv python3-dev gcc libc6-dev git curl ca-certificates procps psmisc
+    python3-venv python3-dev gcc libc6-dev git openssh-client curl ca-certificates procps psmisc
     skopeo umoci busybox-static
     qemu-system-x86 qemu-utils lz4 cpio
 )
 # Only the test suite needs these: a local registry (with htpasswd auth) to pull
 # images from. Never installed by `up`: on a systemd host docker-registry
 # would start a registry daemon.
-TEST_PACKAGES=(docker-registry apache2-utils)
+TEST_PACKAGES=(docker-registry apache2-utils openssh-server)
 
 if [ -t 1 ]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 say() { printf '%s==>%s %s\n' "$BOLD" "$OFF" "$*"; }
