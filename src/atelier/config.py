@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         description="Registries (host[:port]) reached over plain HTTP or unverified TLS; "
         "comma-separated or a JSON list.",
     )
+    workspace_template: str = Field(
+        "base", description="Template of workspaces whose repository names no image or build."
+    )
+    allow_host_commands: bool = Field(
+        False,
+        description="Run a devcontainer.json's initializeCommand on this host (it is code "
+        "from the repository, run outside any sandbox); refused when false.",
+    )
     max_vcpus: int = Field(16, ge=1)
     max_memory_mib: int = Field(65536, ge=64)
     max_disk_mib: int = Field(1024 * 1024, ge=64)

@@ -34,6 +34,7 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     ├── ValidationFailed (422 validation_error)
     │   ├── InvalidDockerfile (422 invalid_dockerfile)  - names the line
     │   ├── BuildFailed (422 build_failed)       - a build step failed
+    │   ├── GitCommandFailed (422 git_command_failed)  - sandbox.git.*
     │   └── WorkspaceSetupFailed (422 workspace_setup_failed)
     ├── RateLimited (429 rate_limited)
     ├── SandboxFailure (500 sandbox_error)       - a runtime or agent failed
@@ -62,6 +63,7 @@ __all__ = [
     "FileNotFound",
     "FilePermissionDenied",
     "GitAuthenticationFailed",
+    "GitCommandFailed",
     "GitRefNotFound",
     "GitRepositoryNotFound",
     "GitUnreachable",
@@ -214,6 +216,12 @@ class BuildFailed(ValidationFailed):
     """A template build step failed (e.g. a ``RUN`` exited non-zero)."""
 
     code = "build_failed"
+
+
+class GitCommandFailed(ValidationFailed):
+    """A ``git`` command run in a sandbox (``sandbox.git``) failed; details hold its output."""
+
+    code = "git_command_failed"
 
 
 class WorkspaceSetupFailed(ValidationFailed):

@@ -16,6 +16,7 @@ from ..core.auth import TokenService
 from ..core.pool import WarmPool
 from ..core.reconciler import Reconciler
 from ..core.service import SandboxService
+from ..core.workspaces.service import WorkspaceService
 from ..images.store import TemplateStore
 from ..runtimes.base import Runtime
 from ..runtimes.host import host_runtimes
@@ -25,7 +26,7 @@ from ..store.db import Database
 from ..store.repository import Repository
 from .deps import AppContext
 from .errors import install_error_handlers
-from .routes import commands, files, pty, sandboxes, system
+from .routes import commands, files, pty, sandboxes, system, workspaces
 from .schemas import ErrorBody
 
 __all__ = ["create_app"]
@@ -69,7 +70,10 @@ def create_app(
         pool = WarmPool(settings, service)
         service.claim_pooled = pool.claim
         reconciler = Reconciler(service, settings.reconcile_interval)
-        app.state.ctx = AppContext(settings, repo, tokens, service, templates, registry, pool)
+        workspace_service = WorkspaceService(service)
+        app.state.ctx = AppContext(
+            settings, repo, tokens, service, templates, registry, pool, workspace_service
+        )
         await reconciler.recover()
         reconciler.start()
         pool.start()
@@ -78,6 +82,7 @@ def create_app(
             yield
         finally:
             await pool.stop()
+            await workspace_service.close()
             await service.preboots.close()
             await reconciler.stop()
             await agents.close_all()
@@ -91,7 +96,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (system, sandboxes, commands, files, pty):
+    for module in (system, sandboxes, workspaces, commands, files, pty):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
 

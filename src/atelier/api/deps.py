@@ -11,6 +11,7 @@ from ..config import Settings
 from ..core.auth import Principal, TokenService
 from ..core.pool import WarmPool
 from ..core.service import SandboxService
+from ..core.workspaces.service import WorkspaceService
 from ..images.store import TemplateStore
 from ..runtimes.registry import RuntimeRegistry
 from ..store.repository import Repository
@@ -27,6 +28,7 @@ class AppContext:
     templates: TemplateStore
     runtimes: RuntimeRegistry
     pool: WarmPool
+    workspaces: WorkspaceService
 
 
 def get_context(request: Request) -> AppContext:

@@ -18,6 +18,9 @@ __all__ = [
     "ExistsOut",
     "FileInfoOut",
     "FileListOut",
+    "GitCloneBody",
+    "GitCloneOut",
+    "GitCredentialsIn",
     "InfoOut",
     "MkdirBody",
     "MkdirOut",
@@ -35,6 +38,9 @@ __all__ = [
     "TokenCreated",
     "TokenList",
     "TokenOut",
+    "WorkspaceCreate",
+    "WorkspaceOut",
+    "WorkspaceStepOut",
 ]
 
 
@@ -59,6 +65,33 @@ class SandboxCreate(_Body):
     timeout: int | None = Field(300, gt=0, description="Seconds until auto-stop; null = never.")
 
 
+class WorkspaceStepOut(BaseModel):
+    hook: str
+    origin: str = Field(description="devcontainer.json, or the id of the Feature it came from")
+    status: str = Field(description="running | succeeded | failed")
+    exit_code: int | None = None
+    started_at: str
+    finished_at: str | None = None
+
+
+class WorkspaceOut(BaseModel):
+    repo: str = Field(description="The repository URL (without credentials)")
+    ref: str | None = None
+    commit: str | None = None
+    branch: str | None = None
+    devcontainer: str | None = Field(None, description="The configuration used, in the repo")
+    folder: str = Field(description="Where the working tree is in the sandbox")
+    user: str | None = Field(None, description="Who commands run as by default")
+    status: str = Field(
+        description="setting_up | ready_pending (usable; steps after waitFor still run) "
+        "| ready | failed"
+    )
+    wait_for: str | None = None
+    lifecycle: list[WorkspaceStepOut] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    forward_ports: list[str] = Field(default_factory=list)
+
+
 class SandboxOut(BaseModel):
     id: str
     template: str
@@ -77,6 +110,7 @@ class SandboxOut(BaseModel):
     runtime_info: dict[str, Any] = Field(
         default_factory=dict, description="How it runs, e.g. accel kvm|tcg (GET only)"
     )
+    workspace: WorkspaceOut | None = Field(None, description="Set for workspaces")
 
     @classmethod
     def of(cls, rec: SandboxRecord, runtime_info: dict[str, Any] | None = None) -> SandboxOut:
@@ -96,11 +130,59 @@ class SandboxOut(BaseModel):
             started_at=rec.started_at,
             error=rec.error,
             runtime_info=runtime_info or {},
+            workspace=WorkspaceOut.model_validate(rec.workspace) if rec.workspace else None,
         )
 
 
 class SandboxList(BaseModel):
     sandboxes: list[SandboxOut]
+
+
+class GitCredentialsIn(_Body):
+    """Used for this clone only: never stored, logged or copied into the sandbox."""
+
+    username: str | None = Field(None, max_length=200)
+    token: str | None = Field(None, max_length=4096, description="HTTPS password or token")
+    ssh_private_key: str | None = Field(None, max_length=65536)
+    ssh_known_hosts: str | None = Field(
+        None, max_length=65536, description="known_hosts lines; absent: trust on first use"
+    )
+
+
+class WorkspaceCreate(_Body):
+    repo: str = Field(..., min_length=1, max_length=2048, examples=["https://host/org/app.git"])
+    ref: str | None = Field(None, max_length=256, description="Branch, tag or commit")
+    devcontainer: str | None = Field(
+        None, max_length=1024, description="Which configuration, if the repo has several"
+    )
+    depth: int | None = Field(1, ge=1, description="Clone depth; null = full history")
+    credentials: GitCredentialsIn | None = None
+    local_env: dict[str, str] = Field(
+        default_factory=dict, description="What ${localEnv:NAME} resolves to"
+    )
+    runtime: str | None = None
+    vcpus: int = Field(1, ge=1)
+    memory_mib: int = Field(1024, ge=64)
+    disk_mib: int = Field(4096, ge=64)
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    timeout: int | None = Field(None, gt=0, description="Seconds until auto-stop; null = never.")
+
+
+class GitCloneBody(_Body):
+    repo: str = Field(..., min_length=1, max_length=2048)
+    path: str | None = Field(
+        None, max_length=4096, description="Where in the sandbox; default /workspaces/<name>"
+    )
+    ref: str | None = Field(None, max_length=256)
+    depth: int | None = Field(1, ge=1)
+    credentials: GitCredentialsIn | None = None
+
+
+class GitCloneOut(BaseModel):
+    path: str
+    commit: str
+    branch: str | None = None
 
 
 class TimeoutBody(_Body):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from atelier.cli import commands, sandboxes
+from atelier.cli import commands, sandboxes, workspaces
 from atelier.cli.context import CliState
 from atelier.cli.output import console, exit_code_for, print_error
 from atelier.errors import AtelierError
@@ -111,6 +111,7 @@ app.command(
     add_help_option=False,
 )(template)
 app.command()(sandboxes.create)
+app.command()(workspaces.up)
 app.command("ls")(sandboxes.ls)
 app.command("exec")(commands.exec_)
 app.command()(commands.shell)

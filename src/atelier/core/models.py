@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from ..errors import InvalidStateTransition
 
@@ -117,6 +118,19 @@ class SandboxRecord:
     started_at: datetime | None = None
     error: str | None = None
     pooled: bool = False
+    workspace: dict[str, Any] | None = None  # a workspace's repository, folder, user, setup
+
+    @property
+    def default_user(self) -> str | None:
+        """Who runs commands when a request names nobody (a workspace's remoteUser)."""
+        user = (self.workspace or {}).get("user")
+        return user if isinstance(user, str) and user else None
+
+    @property
+    def default_cwd(self) -> str | None:
+        """Where commands run when a request says nothing (a workspace's folder)."""
+        folder = (self.workspace or {}).get("folder")
+        return folder if isinstance(folder, str) and folder else None
 
 
 @dataclass(frozen=True, slots=True)

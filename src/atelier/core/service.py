@@ -41,6 +41,7 @@ from .models import (
     require_running,
 )
 from .preboot import Preboots, PrebootShape, SnapshottingRuntime
+from .workspaces.setup_log import remove_workspace_files, setup_log_path
 
 __all__ = ["SandboxService"]
 
@@ -135,6 +136,7 @@ class SandboxService:
         runtime = self.runtimes.get(rec.runtime)
         parts = []
         for title, path in (
+            ("workspace setup", setup_log_path(self.settings.data_dir, rec.id)),
             ("runtime", runtime.log_path(rec.id)),
             ("agent", runtime.agent_socket(rec.id).parent / "agent.log"),
         ):
@@ -170,6 +172,11 @@ class SandboxService:
             await self.repo.record_event("create", pooled.id, principal.token_id, pooled=True)
             return pooled
         # shielded: a client that hangs up mid-create must not leave half a sandbox
+        return await asyncio.shield(self.provision(req, owner=principal.token_id))
+
+    async def create_unpooled(self, principal: Principal, req: CreateRequest) -> SandboxRecord:
+        """Create a sandbox of its own (a workspace's: never taken from the pool)."""
+        self.validate(req)
         return await asyncio.shield(self.provision(req, owner=principal.token_id))
 
     async def provision(
@@ -347,6 +354,7 @@ class SandboxService:
             await self.agents.drop(rec.id)
             await self.runtimes.get(rec.runtime).destroy(rec.id)
             await self.repo.update_sandbox(rec.id, state=S.DELETED, expires_at=None)
+            await asyncio.to_thread(remove_workspace_files, self.settings.data_dir, rec.id)
         self._locks.pop(sandbox_id, None)
         await self.repo.record_event("delete", rec.id, _actor(principal))
 

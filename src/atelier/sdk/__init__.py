@@ -7,18 +7,21 @@ from atelier.sdk._base import ConnectionConfig
 from atelier.sdk._http import AsyncResponseStream, ResponseStream
 from atelier.sdk.commands import AsyncCommandHandle, AsyncCommands, CommandHandle, Commands
 from atelier.sdk.files import AsyncFiles, Files
+from atelier.sdk.git import AsyncGit, Git, GitFileStatus, GitStatus
 from atelier.sdk.models import (
     CommandEvent,
     CommandResult,
     Exit,
     FileEvent,
     FileInfo,
+    GitAuth,
     ProcessInfo,
     SandboxInfo,
     SandboxState,
     Started,
     Stderr,
     Stdout,
+    WorkspaceInfo,
 )
 from atelier.sdk.pty import AsyncPty, AsyncPtySession, Pty, PtySession
 from atelier.sdk.sandbox import AsyncSandbox, Sandbox
@@ -27,6 +30,7 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFiles",
+    "AsyncGit",
     "AsyncPty",
     "AsyncPtySession",
     "AsyncResponseStream",
@@ -40,6 +44,10 @@ __all__ = [
     "FileEvent",
     "FileInfo",
     "Files",
+    "Git",
+    "GitAuth",
+    "GitFileStatus",
+    "GitStatus",
     "ProcessInfo",
     "Pty",
     "PtySession",
@@ -50,4 +58,5 @@ __all__ = [
     "Started",
     "Stderr",
     "Stdout",
+    "WorkspaceInfo",
 ]

@@ -23,16 +23,25 @@ from atelier.sdk._base import (
     event_decoder,
     parse_none,
 )
-from atelier.sdk.models import CommandEvent, FileEvent, FileInfo, ProcessInfo, SandboxInfo
+from atelier.sdk.models import (
+    CommandEvent,
+    FileEvent,
+    FileInfo,
+    GitAuth,
+    ProcessInfo,
+    SandboxInfo,
+)
 
 __all__ = [
     "chmod",
     "command_body",
     "create_sandbox",
+    "create_workspace",
     "delete_sandbox",
     "file_exists",
     "format_mode",
     "get_sandbox",
+    "git_clone",
     "list_files",
     "list_processes",
     "list_sandboxes",
@@ -113,6 +122,57 @@ def create_sandbox(
     if runtime is not None:
         body["runtime"] = runtime
     return Call("POST", "/v1/sandboxes", _sandbox, json=body)
+
+
+def create_workspace(
+    *,
+    repo: str,
+    ref: str | None,
+    devcontainer: str | None,
+    depth: int | None,
+    credentials: GitAuth | None,
+    local_env: Mapping[str, str] | None,
+    runtime: str | None,
+    vcpus: int,
+    memory_mib: int,
+    disk_mib: int,
+    env: Mapping[str, str] | None,
+    labels: Mapping[str, str] | None,
+    timeout: int | None,
+) -> Call[SandboxInfo]:
+    body: dict[str, Any] = {
+        "repo": repo,
+        "ref": ref,
+        "devcontainer": devcontainer,
+        "depth": depth,
+        "local_env": dict(local_env or {}),
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "disk_mib": disk_mib,
+        "env": dict(env or {}),
+        "labels": dict(labels or {}),
+        "timeout": timeout,
+    }
+    if credentials is not None:
+        body["credentials"] = credentials.to_json()
+    if runtime is not None:
+        body["runtime"] = runtime
+    return Call("POST", "/v1/workspaces", _sandbox, json=body)
+
+
+def git_clone(
+    sandbox_id: str,
+    *,
+    repo: str,
+    path: str | None,
+    ref: str | None,
+    depth: int | None,
+    credentials: GitAuth | None,
+) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"repo": repo, "path": path, "ref": ref, "depth": depth}
+    if credentials is not None:
+        body["credentials"] = credentials.to_json()
+    return Call("POST", f"{_sb(sandbox_id)}/git/clone", lambda r: dict(r.json()), json=body)
 
 
 def list_sandboxes(

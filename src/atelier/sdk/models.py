@@ -17,12 +17,14 @@ __all__ = [
     "Exit",
     "FileEvent",
     "FileInfo",
+    "GitAuth",
     "ProcessInfo",
     "SandboxInfo",
     "SandboxState",
     "Started",
     "Stderr",
     "Stdout",
+    "WorkspaceInfo",
     "parse_datetime",
 ]
 
@@ -76,6 +78,7 @@ class SandboxInfo:
     started_at: datetime | None = None
     error: str | None = None
     runtime_info: dict[str, Any] = field(default_factory=dict)  # e.g. {"accel": "tcg"}
+    workspace: WorkspaceInfo | None = None  # set for sandboxes made from a repository
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
@@ -95,7 +98,62 @@ class SandboxInfo:
             started_at=parse_datetime(data.get("started_at")),
             error=None if data.get("error") is None else str(data["error"]),
             runtime_info=dict(data.get("runtime_info") or {}),
+            workspace=WorkspaceInfo.from_json(data["workspace"]) if data.get("workspace") else None,
         )
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """What a workspace was made from and how its setup went."""
+
+    repo: str
+    folder: str
+    status: str  # setting_up | ready_pending | ready | failed
+    ref: str | None = None
+    commit: str | None = None
+    branch: str | None = None
+    devcontainer: str | None = None
+    user: str | None = None
+    wait_for: str | None = None
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    forward_ports: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkspaceInfo:
+        return cls(
+            repo=str(data.get("repo", "")),
+            folder=str(data.get("folder", "")),
+            status=str(data.get("status", "")),
+            ref=data.get("ref"),
+            commit=data.get("commit"),
+            branch=data.get("branch"),
+            devcontainer=data.get("devcontainer"),
+            user=data.get("user"),
+            wait_for=data.get("wait_for"),
+            lifecycle=[dict(step) for step in data.get("lifecycle") or []],
+            warnings=[str(w) for w in data.get("warnings") or []],
+            forward_ports=[str(p) for p in data.get("forward_ports") or []],
+        )
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """Credentials for one clone: an HTTPS token, or an SSH key. Sent to the
+    server for that clone only; it never stores them or copies them into the sandbox."""
+
+    token: str | None = None
+    username: str | None = None
+    ssh_private_key: str | None = None
+    ssh_known_hosts: str | None = None
+
+    def __repr__(self) -> str:
+        kinds = [k for k in ("token", "ssh_private_key") if getattr(self, k)]
+        return f"GitAuth(username={self.username!r}, secrets={kinds})"
+
+    def to_json(self) -> dict[str, Any]:
+        fields = ("token", "username", "ssh_private_key", "ssh_known_hosts")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,50 @@ from typing import Self
 
 import httpx
 
-from atelier.errors import AtelierError, SandboxNotFound
+from atelier.errors import AtelierError, InvalidRequest, SandboxNotFound
 from atelier.sdk import _api as api
-from atelier.sdk._base import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from atelier.sdk._base import DEFAULT_REQUEST_TIMEOUT, Call, ConnectionConfig
 from atelier.sdk._http import AsyncHttp, SyncHttp
 from atelier.sdk.commands import AsyncCommands, Commands
 from atelier.sdk.files import AsyncFiles, Files
-from atelier.sdk.models import SandboxInfo, SandboxState
+from atelier.sdk.git import AsyncGit, Git
+from atelier.sdk.models import GitAuth, SandboxInfo, SandboxState
 from atelier.sdk.pty import AsyncPty, Pty
 
 __all__ = ["AsyncSandbox", "Sandbox"]
+
+
+WORKSPACE_REQUEST_TIMEOUT = 1800.0
+
+
+def _create_call(
+    template: str,
+    repo: str | None,
+    ref: str | None,
+    devcontainer: str | None,
+    git_auth: GitAuth | None,
+    depth: int | None,
+    local_env: Mapping[str, str] | None,
+    runtime: str | None,
+    vcpus: int,
+    memory_mib: int,
+    disk_mib: int,
+    env: Mapping[str, str] | None,
+    labels: Mapping[str, str] | None,
+    timeout: int | None,
+) -> Call[SandboxInfo]:
+    if repo is None:
+        if ref is not None or devcontainer is not None or git_auth is not None:
+            raise InvalidRequest("ref, devcontainer and git_auth need repo=")
+        return api.create_sandbox(
+            template=template, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
+            disk_mib=disk_mib, env=env, labels=labels, timeout=timeout,
+        )  # fmt: skip
+    return api.create_workspace(
+        repo=repo, ref=ref, devcontainer=devcontainer, depth=depth, credentials=git_auth,
+        local_env=local_env, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
+        disk_mib=disk_mib, env=env, labels=labels, timeout=timeout,
+    )  # fmt: skip
 
 
 def _deleted(info: SandboxInfo) -> SandboxInfo:
@@ -48,6 +82,7 @@ class Sandbox:
         self.commands = Commands(http, info.id)
         self.files = Files(http, info.id)
         self.pty = Pty(http.config, info.id)
+        self.git = Git(http, self.commands, info)
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r}, state={self._info.state!r})"
@@ -73,23 +108,33 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         runtime: str | None = None,
+        repo: str | None = None,
+        ref: str | None = None,
+        devcontainer: str | None = None,
+        git_auth: GitAuth | None = None,
+        depth: int | None = 1,
+        local_env: Mapping[str, str] | None = None,
         api_url: str | None = None,
         token: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> Self:
-        """Create and start a sandbox; ``timeout`` seconds until it is stopped (None = never)."""
+        """Create and start a sandbox; ``timeout`` seconds until it is stopped (None = never).
+
+        With ``repo`` it is a workspace: the server clones ``repo`` at ``ref``
+        (``git_auth`` for private repositories), uses its ``devcontainer.json``
+        (``devcontainer`` picks one of several) for the image, resources,
+        environment and lifecycle commands, and returns once the commands up to
+        ``waitFor`` ran; ``template`` is then ignored. ``request_timeout``
+        defaults to 30 minutes for this call (an image may be pulled or built).
+        """
+        if repo is not None and request_timeout == DEFAULT_REQUEST_TIMEOUT:
+            request_timeout = WORKSPACE_REQUEST_TIMEOUT
         http = cls._open_http(api_url, token, request_timeout, transport)
-        call = api.create_sandbox(
-            template=template,
-            runtime=runtime,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            disk_mib=disk_mib,
-            env=env,
-            labels=labels,
-            timeout=timeout,
-        )
+        call = _create_call(
+            template, repo, ref, devcontainer, git_auth, depth, local_env,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout,
+        )  # fmt: skip
         try:
             return cls(http.call(call), http)
         except BaseException:
@@ -217,6 +262,7 @@ class AsyncSandbox:
         self.commands = AsyncCommands(http, info.id)
         self.files = AsyncFiles(http, info.id)
         self.pty = AsyncPty(http.config, info.id)
+        self.git = AsyncGit(http, self.commands, info)
 
     def __repr__(self) -> str:
         return f"AsyncSandbox(id={self.id!r}, state={self._info.state!r})"
@@ -242,22 +288,25 @@ class AsyncSandbox:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         runtime: str | None = None,
+        repo: str | None = None,
+        ref: str | None = None,
+        devcontainer: str | None = None,
+        git_auth: GitAuth | None = None,
+        depth: int | None = 1,
+        local_env: Mapping[str, str] | None = None,
         api_url: str | None = None,
         token: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> Self:
+        """See :meth:`Sandbox.create`."""
+        if repo is not None and request_timeout == DEFAULT_REQUEST_TIMEOUT:
+            request_timeout = WORKSPACE_REQUEST_TIMEOUT
         http = cls._open_http(api_url, token, request_timeout, transport)
-        call = api.create_sandbox(
-            template=template,
-            runtime=runtime,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            disk_mib=disk_mib,
-            env=env,
-            labels=labels,
-            timeout=timeout,
-        )
+        call = _create_call(
+            template, repo, ref, devcontainer, git_auth, depth, local_env,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout,
+        )  # fmt: skip
         try:
             return cls(await http.call(call), http)
         except BaseException:

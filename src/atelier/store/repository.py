@@ -47,6 +47,7 @@ def _record(row: SandboxRow) -> SandboxRecord:
         started_at=_utc(row.started_at),
         error=row.error,
         pooled=row.pooled,
+        workspace=dict(row.workspace) if row.workspace else None,
     )
 
 
@@ -73,6 +74,7 @@ class Repository:
                 started_at=rec.started_at,
                 error=rec.error,
                 pooled=rec.pooled,
+                workspace=rec.workspace,
             )
             row.labels = [SandboxLabelRow(key=k, value=v) for k, v in rec.labels.items()]
             s.add(row)

@@ -44,6 +44,8 @@ class SandboxRow(Base):
     started_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     pooled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # set for workspaces (sandboxes made from a git repository): see core/workspaces
+    workspace: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     labels: Mapped[list[SandboxLabelRow]] = relationship(
         cascade="all, delete-orphan", lazy="selectin"

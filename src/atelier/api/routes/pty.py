@@ -34,7 +34,12 @@ async def pty_socket(
         principal = await authenticate_websocket(ws)
         rec, agent = await ctx.sandboxes.agent(principal, sandbox_id)
         session = await agent.pty(
-            cmd=cmd, env=dict(rec.env), cwd=cwd, user=user, cols=cols, rows=rows
+            cmd=cmd,
+            env=dict(rec.env),
+            cwd=cwd or rec.default_cwd,
+            user=user or rec.default_user,
+            cols=cols,
+            rows=rows,
         )
     except AtelierError as exc:
         await ws.accept()

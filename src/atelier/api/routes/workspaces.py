@@ -1,0 +1,64 @@
+"""Workspaces: a sandbox made from a git repository and its devcontainer.json."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from ...core.workspaces.request import WorkspaceRequest
+from ...git import GitCredentials
+from ..deps import Auth, Ctx
+from ..schemas import GitCloneBody, GitCloneOut, GitCredentialsIn, SandboxOut, WorkspaceCreate
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["workspaces"])
+
+
+def _credentials(body: GitCredentialsIn | None) -> GitCredentials | None:
+    return GitCredentials(**body.model_dump()) if body is not None else None
+
+
+@router.post("/v1/workspaces", status_code=201, response_model=SandboxOut)
+async def create_workspace(body: WorkspaceCreate, ctx: Ctx, principal: Auth) -> SandboxOut:
+    """Clone ``repo``, build or pull its image, create the sandbox, copy the working
+    tree in and run the lifecycle commands up to ``waitFor``. Errors before the
+    sandbox exists leave nothing behind; a failing lifecycle command answers
+    422 ``workspace_setup_failed`` with ``details.sandbox_id``: that sandbox is
+    kept, stopped, in state ``error``, its setup output in its logs."""
+    req = WorkspaceRequest(
+        repo=body.repo,
+        ref=body.ref,
+        devcontainer=body.devcontainer,
+        depth=body.depth,
+        credentials=_credentials(body.credentials),
+        local_env=body.local_env,
+        runtime=body.runtime,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        disk_mib=body.disk_mib,
+        env=body.env,
+        labels=body.labels,
+        timeout=body.timeout,
+    )
+    # shielded: a client that hangs up must not leave a half-made workspace
+    rec = await asyncio.shield(ctx.workspaces.create(principal, req))
+    return SandboxOut.of(rec)
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/git/clone", response_model=GitCloneOut)
+async def git_clone(sandbox_id: str, body: GitCloneBody, ctx: Ctx, principal: Auth) -> GitCloneOut:
+    """Clone on the host (the credentials never enter the sandbox) and copy the
+    working tree into the running sandbox; 409 ``file_exists`` if ``path`` is
+    a non-empty directory."""
+    result = await ctx.workspaces.clone_into(
+        principal,
+        sandbox_id,
+        repo=body.repo,
+        path=body.path,
+        ref=body.ref,
+        depth=body.depth,
+        credentials=_credentials(body.credentials),
+    )
+    return GitCloneOut(**result)
