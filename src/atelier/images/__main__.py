@@ -1,6 +1,9 @@
 """``python -m atelier.images``: build, pull, import, list and remove templates.
 
 python -m atelier.images build base [--force] [--data-dir DIR] [--include PKG,...]
+python -m atelier.images build NAME --dockerfile PATH [--context DIR] [--build-arg K=V]...
+                                    [--target STAGE] [--no-cache] [--data-dir DIR]
+python -m atelier.images cache prune [--all] [--data-dir DIR]
 python -m atelier.images pull NAME IMAGE_REF [--creds USER:TOKEN] [--force] [--data-dir DIR]
 python -m atelier.images import NAME FILE.tar [--force] [--data-dir DIR]
 python -m atelier.images ls [--data-dir DIR]
@@ -13,6 +16,7 @@ shell history and of ``ps``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
@@ -32,7 +36,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..config import Settings
-from ..errors import AtelierError
+from ..errors import AtelierError, InvalidRequest
 from .debootstrap import ProgressEvent, build_template
 from .oci import import_archive, pull_template, remove_image_tag
 from .store import TemplateInfo, TemplateStore, read_manifest
@@ -116,6 +120,16 @@ Build = Callable[[Callable[[ProgressEvent], None] | None], TemplateInfo]
 
 
 def _build(args: argparse.Namespace, console: Console) -> int:
+    if args.dockerfile is not None:
+        return _build_dockerfile(args, console)
+    for flag, value in (
+        ("--context", args.context),
+        ("--build-arg", args.build_arg),
+        ("--target", args.target),
+        ("--no-cache", args.no_cache or None),
+    ):
+        if value is not None:
+            raise InvalidRequest(f"{flag} needs --dockerfile")
     settings = _settings(args.data_dir)
     include = [p for p in (args.include or "").split(",") if p]
 
@@ -125,6 +139,77 @@ def _build(args: argparse.Namespace, console: Console) -> int:
         )
 
     return _run_with_progress(args, console, build)
+
+
+def _build_args(pairs: list[str] | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not key:
+            raise InvalidRequest(f"--build-arg {pair!r}: use NAME=VALUE")
+        if not eq:  # like docker: NAME alone takes the value from the environment
+            env = os.environ.get(key)
+            if env is None:
+                continue
+            value = env
+        values[key] = value
+    return values
+
+
+def _build_dockerfile(args: argparse.Namespace, console: Console) -> int:
+    from .dockerfile import build_dockerfile  # imports the gVisor runtime: only when needed
+
+    settings = _settings(args.data_dir)
+    dockerfile = Path(args.dockerfile)
+    context = Path(args.context) if args.context is not None else dockerfile.parent
+    started = time.monotonic()
+
+    def log(line: str) -> None:
+        if not args.quiet or line.startswith("warning:"):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    info = asyncio.run(
+        build_dockerfile(
+            settings,
+            args.name,
+            context=context,
+            dockerfile=dockerfile,
+            build_args=_build_args(args.build_arg),
+            target=args.target,
+            no_cache=args.no_cache,
+            on_log=log,
+        )
+    )
+    steps = (read_manifest(info.rootfs.parent) or {}).get("steps") or []
+    cached = sum(1 for step in steps if isinstance(step, dict) and step.get("cached"))
+    console.print(
+        f"[green]template {info.name!r} ready[/] at {info.rootfs} "
+        f"({_human(info.size_bytes)}, {len(steps)} steps, {cached} cached, "
+        f"{time.monotonic() - started:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace, console: Console) -> int:
+    from .dockerfile.cache import BuildCache
+
+    settings = _settings(args.data_dir)
+    keep: set[str] = set()
+    for template in TemplateStore(settings).list():
+        for step in (read_manifest(template.rootfs.parent) or {}).get("steps") or []:
+            if isinstance(step, dict) and isinstance(step.get("key"), str):
+                keep.add(step["key"])
+    result = BuildCache(settings).prune(
+        keep, everything=args.all, older_than=args.keep_hours * 3600
+    )
+    console.print(
+        f"removed {result.removed} cache entries ({_human(result.bytes_freed)}), "
+        f"kept {result.kept}",
+        highlight=False,
+    )
+    return 0
 
 
 def _pull(args: argparse.Namespace, console: Console) -> int:
@@ -216,6 +301,8 @@ def _origin(info: TemplateInfo) -> tuple[str, str]:
         return builder, str(source)
     if builder == "debootstrap":
         return builder, f"debian {manifest.get('suite') or '?'}"
+    if builder == "dockerfile":
+        return builder, str(manifest.get("dockerfile") or "-")
     return builder, "-"
 
 
@@ -240,12 +327,43 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Atelier data directory (default: $ATELIER_DATA_DIR or /var/lib/atelier)",
     )
-    build = sub.add_parser("build", parents=[common], help="build a Debian template")
+    build = sub.add_parser(
+        "build", parents=[common], help="build a Debian template, or one from a Dockerfile"
+    )
     build.add_argument("name", nargs="?", default="base")
     build.add_argument("--force", action="store_true", help="rebuild even if it is ready")
     build.add_argument("--include", help="extra Debian packages, comma-separated")
     build.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--dockerfile", "-f", metavar="PATH", help="build from this Dockerfile instead"
+    )
+    build.add_argument(
+        "--context", metavar="DIR", help="build context (default: the Dockerfile's directory)"
+    )
+    build.add_argument(
+        "--build-arg", action="append", metavar="K=V", help="a build argument (repeatable)"
+    )
+    build.add_argument("--target", metavar="STAGE", help="build this stage (default: the last)")
+    build.add_argument(
+        "--no-cache", action="store_true", help="run every step again (the cache is refreshed)"
+    )
     build.set_defaults(func=_build)
+    cache = sub.add_parser("cache", help="the Dockerfile build cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    prune = cache_sub.add_parser(
+        "prune",
+        parents=[common],
+        help="delete cache entries no template's manifest lists",
+    )
+    prune.add_argument("--all", action="store_true", help="delete every entry")
+    prune.add_argument(
+        "--keep-hours",
+        type=float,
+        default=0.0,
+        metavar="H",
+        help="also keep entries used in the last H hours",
+    )
+    prune.set_defaults(func=_cache_prune)
     pull = sub.add_parser("pull", parents=[common], help="make a template from a registry image")
     pull.add_argument("name")
     pull.add_argument("image_ref", metavar="IMAGE_REF", help="e.g. alpine:3, ghcr.io/org/img:tag")

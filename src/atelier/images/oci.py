@@ -73,8 +73,12 @@ __all__ = [
     "image_config",
     "import_archive",
     "layout_blob",
+    "now_iso",
+    "publish_build",
     "pull_template",
     "remove_image_tag",
+    "sweep_builds",
+    "write_json_atomic",
 ]
 
 BUILDER_VERSION = 1
@@ -186,7 +190,7 @@ def _flock(path: Path, *, shared: bool = False, blocking: bool = True) -> Iterat
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -197,11 +201,11 @@ def _ensure_layout(settings: Settings) -> Path:
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     marker = layout / "oci-layout"
     if not marker.exists():
-        _write_json_atomic(marker, {"imageLayoutVersion": "1.0.0"})
+        write_json_atomic(marker, {"imageLayoutVersion": "1.0.0"})
     if not (layout / "index.json").exists():
         with _flock(_work_dir(settings) / "index.lock"):
             if not (layout / "index.json").exists():
-                _write_json_atomic(layout / "index.json", _EMPTY_INDEX)
+                write_json_atomic(layout / "index.json", _EMPTY_INDEX)
     return layout
 
 
@@ -221,7 +225,7 @@ def _set_tag(settings: Settings, name: str, descriptor: Mapping[str, Any] | None
             manifests.append(entry)
         index["manifests"] = manifests
         index.setdefault("schemaVersion", 2)
-        _write_json_atomic(layout / "index.json", index)
+        write_json_atomic(layout / "index.json", index)
 
 
 def remove_image_tag(settings: Settings, name: str) -> None:
@@ -384,7 +388,7 @@ def _install(
             data = {
                 "name": name,
                 "runtime": "gvisor",
-                "created_at": _now(),
+                "created_at": now_iso(),
                 "builder": "oci",
                 "builder_version": BUILDER_VERSION,
                 **record,
@@ -394,8 +398,8 @@ def _install(
                 "size_bytes": directory_size(work / ROOTFS_NAME),
             }
             data.setdefault("digest", descriptor["digest"])
-            _write_json_atomic(work / MANIFEST_NAME, data)
-            _publish(work, templates / name, name)
+            write_json_atomic(work / MANIFEST_NAME, data)
+            publish_build(work, templates / name, name)
             _set_tag(settings, name, descriptor)
     except BaseException:
         safe_rmtree(work)
@@ -410,11 +414,13 @@ def _install(
     return info
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _publish(work: Path, final: Path, name: str) -> None:
+def publish_build(work: Path, final: Path, name: str) -> None:
+    """Install the build dir ``work`` as the template dir ``final`` (an atomic
+    swap with an older version when there is one); hold the name's lock."""
     if not final.exists():
         work.rename(final)
         return
@@ -427,7 +433,8 @@ def _publish(work: Path, final: Path, name: str) -> None:
     safe_rmtree(old)
 
 
-def _sweep(settings: Settings, name: str) -> None:
+def sweep_builds(settings: Settings, name: str) -> None:
+    """Remove leftover ``.<name>.*-*`` dirs of crashed builds (hold the name's lock)."""
     for stale in settings.templates_dir.glob(f".{name}.*-*"):
         if stale.is_dir():
             safe_rmtree(stale)  # leftovers of crashed builds (we hold the name's lock)
@@ -471,7 +478,7 @@ def pull_template(
         return manifest.get("builder") == "oci" and manifest.get("image_ref") == str(requested)
 
     with template_lock(settings.templates_dir, name):
-        _sweep(settings, name)
+        sweep_builds(settings, name)
         existing = _existing(settings, name, force, same)
         if existing is not None:
             emit(ProgressEvent("done", 1, 1, "already pulled"))
@@ -535,7 +542,7 @@ def import_archive(
     emit = on_progress or _noop
     job = _Job(settings, name, str(archive), emit, timeout)
     with template_lock(settings.templates_dir, name):
-        _sweep(settings, name)
+        sweep_builds(settings, name)
         _existing(settings, name, force, lambda _m: False)
         # skopeo splits "transport:path:ref" on colons: hand it a colon-free link
         link_dir = _work_dir(settings) / f"archive-{uuid.uuid4().hex[:12]}"

@@ -64,11 +64,23 @@ class GVisorRuntime:
 
     name = "gvisor"
 
-    def __init__(self, settings: Settings, *, init_argv: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        init_argv: Sequence[str] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
         """``init_argv`` replaces the agent as the sandbox's init (tests and
         benchmarks only); by default the agent runs on the bundled interpreter
-        (``images.agent_runtime``, mounted at ``bootstrap.RUNTIME_MOUNT``)."""
+        (``images.agent_runtime``, mounted at ``bootstrap.RUNTIME_MOUNT``).
+
+        ``state_dir`` keeps this runtime's sandboxes (``<state_dir>/sandboxes``)
+        and runsc state (``<state_dir>/runsc``) apart from the server's, so
+        its sandboxes are invisible to the server's reconciler (template
+        builds use ``<data_dir>/builds``). Default: the settings' dirs."""
         self.settings = settings
+        self.state_dir = Path(os.path.abspath(state_dir)) if state_dir is not None else None
         self.init_argv = list(init_argv) if init_argv is not None else None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._availability: RuntimeAvailability | None = None
@@ -78,7 +90,15 @@ class GVisorRuntime:
     @property
     def sandboxes_dir(self) -> Path:
         # resolved: mount points are compared with /proc/self/mountinfo paths
+        if self.state_dir is not None:
+            return (self.state_dir / "sandboxes").resolve()
         return Path(self.settings.sandboxes_dir).resolve()
+
+    @property
+    def runsc_root(self) -> Path:
+        if self.state_dir is not None:
+            return (self.state_dir / "runsc").resolve()
+        return Path(self.settings.runsc_root).resolve()
 
     def files(self, sandbox_id: str) -> SandboxFiles:
         return SandboxFiles(self.sandboxes_dir / check_id(sandbox_id))
@@ -139,9 +159,10 @@ class GVisorRuntime:
             choice = detect_platform(self.settings.runsc_bin, self.settings.runsc_platform)
             self._runsc = Runsc(
                 self.settings.runsc_bin,
-                Path(self.settings.runsc_root).resolve(),
+                self.runsc_root,
                 choice.name,
-                default_log=Path(os.path.abspath(self.settings.data_dir)) / "runsc.log",
+                default_log=(self.state_dir or Path(os.path.abspath(self.settings.data_dir)))
+                / "runsc.log",
             )
         return self._runsc
 
@@ -151,7 +172,7 @@ class GVisorRuntime:
 
     def _prepare_host_dirs(self) -> None:
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(self.settings.runsc_root).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runsc_root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def _current(self, files: SandboxFiles) -> ContainerState | None:
         """runsc's view of the sandbox's container (None: no container).
