@@ -313,3 +313,34 @@ def test_atelier_up_prints_the_id_and_errors_are_one_line(world: World) -> None:
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: ") and bad.stderr.endswith("(git_repo_not_found)\n")
     assert bad.stderr.count("\n") == 1
+
+
+def test_a_dockerfile_build_with_a_local_feature(world: World, sdk: dict[str, str]) -> None:
+    feature = {
+        "id": "hello",
+        "version": "1.0.0",
+        "options": {"greeting": {"type": "string", "default": "hi"}},
+        "containerEnv": {"HELLO_HOME": "/opt/hello"},
+    }
+    url = world.publish(
+        "built",
+        {
+            ".devcontainer/devcontainer.json": json.dumps(
+                {
+                    "build": {"dockerfile": "Dockerfile", "args": {"FLAVOUR": "blue"}},
+                    "features": {"./hello": {"greeting": "hey there"}},
+                    "postCreateCommand": "cat /built /greeting > /tmp/seen",
+                    "waitFor": "postCreateCommand",
+                }
+            ),
+            ".devcontainer/Dockerfile": "FROM base\nARG FLAVOUR\n"
+            + "RUN echo built-$FLAVOUR > /built\n",
+            ".devcontainer/hello/devcontainer-feature.json": json.dumps(feature),
+            ".devcontainer/hello/install.sh": '#!/bin/sh\nset -e\necho "$GREETING" > /greeting\n',
+        },
+    )
+    with Sandbox.create(repo=url, **sdk) as sb:
+        assert sb.info.template.startswith("wsf-"), sb.info.template
+        assert sb.commands.run("cat /tmp/seen").stdout == "built-blue\nhey there\n"
+        assert sb.commands.run("echo $HELLO_HOME").stdout == "/opt/hello\n"
+        assert not sb.files.exists("/var/tmp/atelier-features")

@@ -82,11 +82,11 @@ def test_local_features_become_a_generated_dockerfile(tmp_path: Path) -> None:
     dockerfile = features_dockerfile("img-1", features, config)
     lines = dockerfile.splitlines()
     assert lines[0] == "FROM img-1"
-    assert "COPY feature-0/ /tmp/atelier-features/0/" in lines
-    run = next(line for line in lines if line.startswith("RUN cd /tmp/atelier-features/0"))
+    assert "COPY feature-0/ /var/tmp/atelier-features/0/" in lines
+    run = next(line for line in lines if line.startswith("RUN cd /var/tmp/atelier-features/0"))
     assert "GREETING='hello world'" in run and "_REMOTE_USER=dev" in run
     assert 'ENV HELLO_HOME="/opt/hello"' in lines
-    assert lines[-1] == "RUN rm -rf /tmp/atelier-features"
+    assert lines[-1] == "RUN rm -rf /var/tmp/atelier-features"
 
 
 def test_features_from_a_registry_are_refused_clearly(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from ...workspaces import (
 
 __all__ = ["FEATURES_DIR", "features_dockerfile", "resolve_template"]
 
-FEATURES_DIR = "/tmp/atelier-features"
+FEATURES_DIR = "/var/tmp/atelier-features"  # not /tmp: a sandbox mounts its own /tmp
 Log = Callable[[str], None]
 
 
