@@ -27,6 +27,7 @@ from server_harness import ServerProcess, new_server, shut_down
 from atelier import GitAuth, Sandbox
 from atelier.config import Settings
 from atelier.errors import (
+    Conflict,
     GitAuthenticationFailed,
     GitRepositoryNotFound,
     ValidationFailed,
@@ -222,6 +223,12 @@ def test_devcontainer_image_from_the_mirror_env_user_and_lifecycle_order(
         assert env.split() == ["yes", "dev", "tester", "dev"]
         # remoteUser runs commands and owns the working tree
         assert sb.commands.run("id -un; stat -c %U Makefile").stdout.split() == ["user", "user"]
+        # a later start runs postStartCommand and postAttachCommand again, and only those
+        sb.stop()
+        sb.start()
+        _wait_ready(sb)
+        again = sb.commands.run("cat /tmp/order").stdout.split()[1:]
+        assert again == [*order, "postStart", "postAttach"], sb.logs()
 
 
 def test_a_failing_post_create_command_leaves_the_workspace_in_error_with_its_output(
@@ -344,3 +351,41 @@ def test_a_dockerfile_build_with_a_local_feature(world: World, sdk: dict[str, st
         assert sb.commands.run("cat /tmp/seen").stdout == "built-blue\nhey there\n"
         assert sb.commands.run("echo $HELLO_HOME").stdout == "/opt/hello\n"
         assert not sb.files.exists("/var/tmp/atelier-features")
+
+
+def test_push_and_pull_go_through_the_server_with_the_callers_token(
+    world: World, sdk: dict[str, str], tmp_path: Path
+) -> None:
+    url = world.publish("pushable", {"README": "v1\n"}, private=True)
+    bare = world.git.root / "pushable.git"
+    auth = GitAuth(username="alice", token=TOKEN)
+    with Sandbox.create(repo=url, git_auth=auth, **sdk) as sb:
+        sb.files.write("/workspaces/pushable/NEW", "from the sandbox\n")
+        sb.git.add(["NEW"])
+        mine = sb.git.commit("sandbox work", author_name="Ada", author_email="ada@example.org")
+        with pytest.raises(GitAuthenticationFailed):
+            sb.git.push(auth=GitAuth(username="alice", token="wrong"))
+        pushed = sb.git.push(auth=auth)
+        assert (pushed.branch, pushed.commit, pushed.updated) == ("main", mine, True)
+        assert run_git("--git-dir", str(bare), "rev-parse", "main") == mine
+        assert sb.git.status().ahead == 0
+        assert not sb.git.push(auth=auth).updated  # nothing new
+        # someone else pushes to the remote; the sandbox pulls it
+        work = tmp_path / "other"
+        run_git("clone", "-q", str(bare), str(work))
+        (work / "OTHER").write_text("from elsewhere\n")
+        run_git("add", "OTHER", cwd=work)
+        run_git("commit", "-q", "-m", "other work", cwd=work)
+        run_git("push", "-q", "origin", "main", cwd=work)
+        theirs = run_git("rev-parse", "HEAD", cwd=work)
+        # a diverged push is refused until the sandbox pulls
+        sb.files.write("/workspaces/pushable/NEW", "changed\n")
+        sb.git.add(["NEW"])
+        sb.git.commit("more", author_name="Ada", author_email="ada@example.org")
+        with pytest.raises(Conflict, match="pull first"):
+            sb.git.push(auth=auth)
+        sb.commands.run("git reset -q --hard HEAD~1")
+        pulled = sb.git.pull(auth=auth)
+        assert (pulled.commit, pulled.updated) == (theirs, True)
+        assert sb.commands.run("cat OTHER").stdout == "from elsewhere\n"
+        assert TOKEN not in sb.commands.run("cat .git/config; git log --all --format=%B").stdout

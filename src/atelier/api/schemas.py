@@ -21,6 +21,8 @@ __all__ = [
     "GitCloneBody",
     "GitCloneOut",
     "GitCredentialsIn",
+    "GitSyncBody",
+    "GitSyncOut",
     "InfoOut",
     "MkdirBody",
     "MkdirOut",
@@ -183,6 +185,22 @@ class GitCloneOut(BaseModel):
     path: str
     commit: str
     branch: str | None = None
+
+
+class GitSyncBody(_Body):
+    """``git push`` / ``git pull`` done by the server for a repository in the sandbox."""
+
+    path: str | None = Field(None, max_length=4096, description="Default: the workspace folder")
+    remote: str = Field("origin", min_length=1, max_length=200)
+    branch: str | None = Field(None, max_length=256, description="Default: the current branch")
+    credentials: GitCredentialsIn | None = None
+
+
+class GitSyncOut(BaseModel):
+    remote: str
+    branch: str
+    commit: str = Field(description="The branch's commit after the push or pull")
+    updated: bool = Field(description="Whether anything changed")
 
 
 class TimeoutBody(_Body):

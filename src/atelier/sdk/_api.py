@@ -42,6 +42,7 @@ __all__ = [
     "format_mode",
     "get_sandbox",
     "git_clone",
+    "git_sync",
     "list_files",
     "list_processes",
     "list_sandboxes",
@@ -173,6 +174,22 @@ def git_clone(
     if credentials is not None:
         body["credentials"] = credentials.to_json()
     return Call("POST", f"{_sb(sandbox_id)}/git/clone", lambda r: dict(r.json()), json=body)
+
+
+def git_sync(
+    sandbox_id: str,
+    direction: str,
+    *,
+    path: str | None,
+    remote: str,
+    branch: str | None,
+    credentials: GitAuth | None,
+) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"path": path, "remote": remote, "branch": branch}
+    if credentials is not None:
+        body["credentials"] = credentials.to_json()
+    path_ = f"{_sb(sandbox_id)}/git/{direction}"
+    return Call("POST", path_, lambda r: dict(r.json()), json=body)
 
 
 def list_sandboxes(

@@ -1,10 +1,11 @@
 """``sandbox.git``: git in a sandbox's working tree.
 
-``clone`` is done by the server (on the host, with the credentials given for
-that call, which never enter the sandbox) and the tree copied in. The other
-verbs run ``git`` inside the sandbox, in the workspace's folder unless a
-``path`` is given, as the sandbox's default user. ``pull`` and ``push`` need
-the sandbox to reach the remote.
+``clone``, ``push`` and ``pull`` are done by the server: it talks to the git
+host with the credentials given for that call (which never enter the
+sandbox) and moves commits in and out of the sandbox as git bundles, so they
+work even for a sandbox without network. The other verbs run ``git`` inside
+the sandbox, in the workspace's folder unless a ``path`` is given, as the
+sandbox's default user.
 
 A failing git command raises :class:`~atelier.errors.GitCommandFailed`, with
 its exit code and output in ``details``; a remote that cannot be reached
@@ -30,7 +31,7 @@ from atelier.sdk._http import AsyncHttp, SyncHttp
 from atelier.sdk.commands import AsyncCommands, Commands
 from atelier.sdk.models import CommandResult, GitAuth, SandboxInfo
 
-__all__ = ["AsyncGit", "Git", "GitFileStatus", "GitStatus"]
+__all__ = ["AsyncGit", "Git", "GitFileStatus", "GitStatus", "GitSyncResult"]
 
 _UNREACHABLE = ("could not resolve host", "could not read from remote", "unable to access")
 _AUTH = ("authentication failed", "permission denied (publickey", "could not read username")
@@ -45,6 +46,23 @@ class GitFileStatus:
     @property
     def untracked(self) -> bool:
         return self.index == "?"
+
+
+@dataclass(frozen=True)
+class GitSyncResult:
+    remote: str
+    branch: str
+    commit: str  # the branch's commit after the push or pull
+    updated: bool  # whether anything changed
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GitSyncResult:
+        return cls(
+            remote=str(data["remote"]),
+            branch=str(data["branch"]),
+            commit=str(data["commit"]),
+            updated=bool(data["updated"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,18 @@ class _GitBase:
     def _branches(text: str) -> list[str]:
         return [line.strip() for line in text.splitlines() if line.strip()]
 
+    def _sync_call(
+        self,
+        direction: str,
+        path: str | None,
+        remote: str,
+        branch: str | None,
+        auth: GitAuth | None,
+    ) -> Call[dict[str, Any]]:
+        return api.git_sync(
+            self._sandbox_id, direction, path=path, remote=remote, branch=branch, credentials=auth
+        )
+
     def _clone_call(
         self, repo: str, path: str | None, ref: str | None, depth: int | None, auth: GitAuth | None
     ) -> Call[dict[str, Any]]:
@@ -199,13 +229,29 @@ class Git(_GitBase):
     def checkout(self, branch: str, *, create: bool = False, path: str | None = None) -> None:
         self._git(["checkout", *(["-b"] if create else []), branch], path)
 
-    def pull(self, path: str | None = None) -> str:
-        return self._git(["pull", "--ff-only"], path)
+    def pull(
+        self,
+        remote: str = "origin",
+        branch: str | None = None,
+        *,
+        auth: GitAuth | None = None,
+        path: str | None = None,
+    ) -> GitSyncResult:
+        """Fetch ``branch`` (default: the current one) and fast-forward to it."""
+        call = self._sync_call("pull", path, remote, branch, auth)
+        return GitSyncResult.from_json(self._http.call(call))
 
     def push(
-        self, remote: str = "origin", branch: str | None = None, path: str | None = None
-    ) -> str:
-        return self._git(["push", remote, *([branch] if branch else [])], path)
+        self,
+        remote: str = "origin",
+        branch: str | None = None,
+        *,
+        auth: GitAuth | None = None,
+        path: str | None = None,
+    ) -> GitSyncResult:
+        """Push ``branch`` (default: the current one); Conflict if the remote moved on."""
+        call = self._sync_call("push", path, remote, branch, auth)
+        return GitSyncResult.from_json(self._http.call(call))
 
 
 class AsyncGit(_GitBase):
@@ -256,10 +302,24 @@ class AsyncGit(_GitBase):
     async def checkout(self, branch: str, *, create: bool = False, path: str | None = None) -> None:
         await self._git(["checkout", *(["-b"] if create else []), branch], path)
 
-    async def pull(self, path: str | None = None) -> str:
-        return await self._git(["pull", "--ff-only"], path)
+    async def pull(
+        self,
+        remote: str = "origin",
+        branch: str | None = None,
+        *,
+        auth: GitAuth | None = None,
+        path: str | None = None,
+    ) -> GitSyncResult:
+        call = self._sync_call("pull", path, remote, branch, auth)
+        return GitSyncResult.from_json(await self._http.call(call))
 
     async def push(
-        self, remote: str = "origin", branch: str | None = None, path: str | None = None
-    ) -> str:
-        return await self._git(["push", remote, *([branch] if branch else [])], path)
+        self,
+        remote: str = "origin",
+        branch: str | None = None,
+        *,
+        auth: GitAuth | None = None,
+        path: str | None = None,
+    ) -> GitSyncResult:
+        call = self._sync_call("push", path, remote, branch, auth)
+        return GitSyncResult.from_json(await self._http.call(call))

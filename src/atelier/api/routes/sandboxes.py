@@ -72,7 +72,11 @@ async def stop_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut
 
 @router.post("/{sandbox_id}/start", response_model=SandboxOut)
 async def start_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
-    return SandboxOut.of(await ctx.sandboxes.start(principal, sandbox_id))
+    rec = await ctx.sandboxes.start(principal, sandbox_id)
+    if rec.workspace:
+        await ctx.workspaces.after_start(rec)  # postStartCommand, postAttachCommand
+        rec = await ctx.sandboxes.get(principal, sandbox_id)
+    return SandboxOut.of(rec)
 
 
 @router.post("/{sandbox_id}/pause", response_model=SandboxOut)

@@ -9,7 +9,15 @@ from fastapi import APIRouter
 from ...core.workspaces.request import WorkspaceRequest
 from ...git import GitCredentials
 from ..deps import Auth, Ctx
-from ..schemas import GitCloneBody, GitCloneOut, GitCredentialsIn, SandboxOut, WorkspaceCreate
+from ..schemas import (
+    GitCloneBody,
+    GitCloneOut,
+    GitCredentialsIn,
+    GitSyncBody,
+    GitSyncOut,
+    SandboxOut,
+    WorkspaceCreate,
+)
 
 __all__ = ["router"]
 
@@ -62,3 +70,35 @@ async def git_clone(sandbox_id: str, body: GitCloneBody, ctx: Ctx, principal: Au
         credentials=_credentials(body.credentials),
     )
     return GitCloneOut(**result)
+
+
+async def _sync(
+    direction: str, sandbox_id: str, body: GitSyncBody, ctx: Ctx, principal: Auth
+) -> GitSyncOut:
+    result = await ctx.workspaces.git_sync(
+        principal,
+        sandbox_id,
+        direction=direction,
+        path=body.path,
+        remote=body.remote,
+        branch=body.branch,
+        credentials=_credentials(body.credentials),
+    )
+    return GitSyncOut(
+        remote=result.remote, branch=result.branch, commit=result.commit, updated=result.updated
+    )
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/git/push", response_model=GitSyncOut)
+async def git_push(sandbox_id: str, body: GitSyncBody, ctx: Ctx, principal: Auth) -> GitSyncOut:
+    """Push a branch of the sandbox's repository: the sandbox bundles its new
+    commits, the server pushes them with the credentials of this call (the
+    sandbox needs no network and never sees them). 409 ``conflict`` when the
+    remote moved on (pull first)."""
+    return await _sync("push", sandbox_id, body, ctx, principal)
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/git/pull", response_model=GitSyncOut)
+async def git_pull(sandbox_id: str, body: GitSyncBody, ctx: Ctx, principal: Auth) -> GitSyncOut:
+    """Fetch the remote branch on the server and fast-forward the sandbox's branch."""
+    return await _sync("pull", sandbox_id, body, ctx, principal)

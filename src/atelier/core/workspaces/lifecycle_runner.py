@@ -17,17 +17,45 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...errors import WorkspaceSetupFailed
-from ...workspaces import Command, LifecycleStep, StepLocation
+from ...workspaces import Command, LifecycleHook, LifecycleStep, StepLocation
 from ..agent_client import AgentClient, Exit, Output
 from .setup_log import SetupLog
 
-__all__ = ["LifecycleRunner", "StepRecord"]
+__all__ = ["LifecycleRunner", "StepRecord", "step_from_json", "step_to_json"]
 
 _OUTPUT_TAIL = 4000
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def step_to_json(step: LifecycleStep) -> dict[str, Any]:
+    """A step as kept in the workspace record (to run again on later starts)."""
+    return {
+        "hook": str(step.hook),
+        "origin": step.origin,
+        "commands": [
+            {"argv": list(c.argv), "shell": c.shell, "name": c.name} for c in step.commands
+        ],
+        "parallel": step.parallel,
+        "user": step.user,
+    }
+
+
+def step_from_json(data: Mapping[str, Any]) -> LifecycleStep:
+    return LifecycleStep(
+        hook=LifecycleHook(data["hook"]),
+        origin=str(data["origin"]),
+        location=StepLocation.CONTAINER,
+        commands=tuple(
+            Command(argv=tuple(c["argv"]), shell=bool(c["shell"]), name=c.get("name"))
+            for c in data["commands"]
+        ),
+        parallel=bool(data["parallel"]),
+        user=data.get("user"),
+        blocking=False,
+    )
 
 
 @dataclass(slots=True)

@@ -10,12 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...errors import AtelierError, FileExists
+from ...errors import AtelierError, FileExists, InvalidRequest
 from ...git import ClonedRepo, GitCredentials, GitUrl, clone, parse_git_url
 from ...images.store import read_manifest
 from ...workspaces import (
     DevContainerConfig,
     LifecyclePlan,
+    LifecycleStage,
+    LifecycleStep,
     StepLocation,
     load_devcontainer,
     plan_lifecycle,
@@ -23,9 +25,11 @@ from ...workspaces import (
 from ..auth import Principal
 from ..models import CreateRequest, SandboxRecord, SandboxState
 from ..service import SandboxService
+from . import git_sync
 from .copy import copy_tree_into
+from .git_sync import SandboxRepo, SyncResult
 from .host_commands import run_host_steps
-from .lifecycle_runner import LifecycleRunner, StepRecord
+from .lifecycle_runner import LifecycleRunner, StepRecord, step_from_json, step_to_json
 from .request import WorkspaceRequest
 from .setup_log import SetupLog, setup_log_path, workspace_dir
 from .templates import resolve_template
@@ -55,6 +59,13 @@ def image_env(manifest: dict[str, Any] | None) -> dict[str, str]:
 def _image_user(manifest: dict[str, Any] | None) -> str | None:
     user = ((manifest or {}).get("image") or {}).get("user")
     return str(user).split(":", 1)[0] if user else None
+
+
+def _start_steps(config: DevContainerConfig | None) -> list[LifecycleStep]:
+    if config is None:
+        return []
+    plan = plan_lifecycle(config, allow_host_commands=True, stage=LifecycleStage.START)
+    return [s for s in plan.steps if s.location is StepLocation.CONTAINER]
 
 
 class WorkspaceService:
@@ -182,6 +193,8 @@ class WorkspaceService:
             "lifecycle": [],
             "warnings": list(config.warnings) if config is not None else [],
             "forward_ports": [str(p) for p in config.forward_ports] if config else [],
+            # postStartCommand and postAttachCommand run again on every start
+            "on_start": [step_to_json(s) for s in _start_steps(config)],
         }
         return create, workspace
 
@@ -277,6 +290,52 @@ class WorkspaceService:
             "git.clone", rec.id, principal.token_id, repo=url.redacted(), path=destination
         )
         return {"path": destination, "commit": cloned.commit, "branch": cloned.branch}
+
+    async def git_sync(
+        self,
+        principal: Principal,
+        sandbox_id: str,
+        *,
+        direction: str,
+        path: str | None,
+        remote: str,
+        branch: str | None,
+        credentials: GitCredentials | None,
+    ) -> SyncResult:
+        """``git push`` or ``git pull`` (``direction``) of the repository at
+        ``path`` (default: the workspace folder), done through the host."""
+        rec, agent = await self.sandboxes.agent(principal, sandbox_id)
+        folder = path or rec.default_cwd
+        if not folder:
+            raise InvalidRequest("this sandbox is not a workspace: give the repository's path")
+        repo = SandboxRepo(agent, folder, rec.default_user)
+        sync = git_sync.push if direction == "push" else git_sync.pull
+        result = await sync(repo, remote=remote, branch=branch, credentials=credentials)
+        await self.sandboxes.repo.record_event(
+            f"git.{direction}",
+            rec.id,
+            principal.token_id,
+            remote=remote,
+            branch=result.branch,
+            commit=result.commit,
+        )
+        return result
+
+    async def after_start(self, rec: SandboxRecord) -> None:
+        """A workspace started again: run its postStart/postAttach steps in the
+        background (their output goes to the setup log; a failure marks the
+        workspace failed, as at creation)."""
+        steps = [step_from_json(s) for s in (rec.workspace or {}).get("on_start") or []]
+        if not steps or (rec.workspace or {}).get("status") == "failed":
+            return
+        agent = await self.sandboxes.agents.get(rec.id, rec.runtime)
+        setup = SetupLog(setup_log_path(self.settings.data_dir, rec.id))
+        setup.line("start", "running the start steps again")
+        runner = LifecycleRunner(agent, setup, env=rec.env, cwd=rec.default_cwd or "/")
+        rec = await self._update(rec, status="ready_pending")
+        task = asyncio.get_running_loop().create_task(self._run_later(rec, runner, steps, setup))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Cancel lifecycle steps still running in the background (server shutdown)."""

@@ -11,8 +11,9 @@
   options as environment variables and its ``containerEnv`` as ``ENV``), built
   into ``wsf-<hash of base + Features + options>``.
 
-Only Features from a local folder are installed; a Feature from an OCI
-registry or a tarball URL is refused with a clear error for now.
+Features from an OCI registry or a tarball URL (and the Features they
+``dependsOn``) are fetched first (``feature_fetch.py``: mirrors, digests,
+cache) and then installed like local ones.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...config import Settings
@@ -32,13 +33,14 @@ from ...images.oci import pull_template
 from ...images.store import TemplateStore
 from ...workspaces import (
     DevContainerConfig,
-    FeatureKind,
+    FeatureRef,
     ResolvedFeature,
     feature_install_env,
     load_feature_metadata,
     order_features,
     resolve_feature_options,
 )
+from .feature_fetch import fetch_features
 
 __all__ = ["FEATURES_DIR", "features_dockerfile", "resolve_template"]
 
@@ -50,14 +52,22 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def resolve_features(config: DevContainerConfig) -> list[ResolvedFeature]:
-    """The configuration's Features with their metadata, in install order."""
+def resolve_features(
+    config: DevContainerConfig, features: Sequence[FeatureRef] | None = None
+) -> list[ResolvedFeature]:
+    """The Features with their metadata, in install order.
+
+    ``features`` defaults to ``config.features``; pass what
+    :func:`~.feature_fetch.fetch_features` returns (the OCI and tarball
+    Features fetched, with their ``dependsOn`` dependencies) to install more
+    than local folders. Every Feature must have its folder (``ref.path``).
+    """
     resolved = []
-    for ref in config.features:
-        if ref.kind is not FeatureKind.LOCAL or ref.path is None:
+    for ref in config.features if features is None else features:
+        if ref.path is None:
             raise ValidationFailed(
-                f'Feature {ref.ref!r}: only Features from a local folder ("./name") '
-                "are installed for now; copy it into .devcontainer/",
+                f'Feature {ref.ref!r}: only Features from a local folder ("./name") are '
+                "resolved without fetching them first (feature_fetch.fetch_features)",
                 details={"property": "features", "feature": ref.ref},
             )
         resolved.append(ResolvedFeature(ref=ref, metadata=load_feature_metadata(ref.path)))
@@ -154,11 +164,13 @@ async def resolve_template(
     TemplateStore(settings).rootfs(name)  # exists and is ready
     if config is None or not config.features:
         return name
-    features = resolve_features(config)
-    dockerfile = features_dockerfile(name, features, config)
-    key = _digest(name, str(TemplateStore(settings).get(name).created_at), dockerfile)
     with tempfile.TemporaryDirectory(prefix=".features-", dir=settings.data_dir) as tmp:
-        context = Path(tmp)
+        fetched = await fetch_features(settings, config, Path(tmp) / "fetched", log=log)
+        features = resolve_features(config, fetched)
+        dockerfile = features_dockerfile(name, features, config)
+        key = _digest(name, str(TemplateStore(settings).get(name).created_at), dockerfile)
+        context = Path(tmp) / "context"
+        context.mkdir()
         for index, feature in enumerate(features):
             assert feature.ref.path is not None
             shutil.copytree(feature.ref.path, context / f"feature-{index}", symlinks=True)
