@@ -34,7 +34,8 @@ from atelier.errors import (
     WorkspaceSetupFailed,
 )
 from atelier.images.store import TemplateInfo, TemplateStore
-from git_servers import GitHttpServer, run_git
+from ci_support import skip_unless_ci
+from git_servers import GitHttpServer, SshGitServer, run_git, sshd_path
 from oci_registry import Registry, busybox_rootfs, need_tools, run, start_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -389,3 +390,25 @@ def test_push_and_pull_go_through_the_server_with_the_callers_token(
         assert (pulled.commit, pulled.updated) == (theirs, True)
         assert sb.commands.run("cat OTHER").stdout == "from elsewhere\n"
         assert TOKEN not in sb.commands.run("cat .git/config; git log --all --format=%B").stdout
+
+
+def test_atelier_up_over_ssh_with_a_key_and_pinned_host(
+    world: World, tmp_path: Path, sdk: dict[str, str]
+) -> None:
+    if sshd_path() is None:
+        skip_unless_ci("sshd is not installed (openssh-server; scripts/setup.sh test-deps)")
+    world.publish("over-ssh", {"README": "via ssh\n"})
+    bare = world.git.root / "over-ssh.git"
+    with SshGitServer(tmp_path / "sshd") as ssh:
+        url = ssh.url(bare)
+        good = GitAuth(ssh_private_key=ssh.client_key, ssh_known_hosts=ssh.known_hosts)
+        with Sandbox.create(repo=url, git_auth=good, **sdk) as sb:
+            assert sb.info.workspace is not None
+            assert sb.info.workspace.folder == "/workspaces/over-ssh"
+            assert sb.commands.run("cat README").stdout == "via ssh\n"
+            assert "PRIVATE KEY" not in sb.commands.run("cat .git/config").stdout
+        before = world.sandbox_ids()
+        wrong = GitAuth(ssh_private_key=ssh.other_key, ssh_known_hosts=ssh.known_hosts)
+        with pytest.raises(GitAuthenticationFailed):
+            Sandbox.create(repo=url, git_auth=wrong, **sdk)
+        assert world.sandbox_ids() == before
