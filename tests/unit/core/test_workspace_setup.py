@@ -89,7 +89,7 @@ def test_local_features_become_a_generated_dockerfile(tmp_path: Path) -> None:
     assert lines[-1] == "RUN rm -rf /var/tmp/atelier-features"
 
 
-def test_features_from_a_registry_are_refused_clearly(tmp_path: Path) -> None:
+def test_registry_features_must_be_fetched_before_they_are_resolved(tmp_path: Path) -> None:
     repo = write(
         tmp_path / "app",
         {
@@ -100,7 +100,7 @@ def test_features_from_a_registry_are_refused_clearly(tmp_path: Path) -> None:
     )
     config = load_devcontainer(repo)
     assert config is not None
-    with pytest.raises(ValidationFailed, match="only Features from a local folder"):
+    with pytest.raises(ValidationFailed, match="without fetching them first"):
         resolve_features(config)
 
 
