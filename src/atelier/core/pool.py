@@ -4,6 +4,12 @@ A pooled sandbox is an ordinary running sandbox with ``pooled=True`` and no
 owner, hidden from every listing. ``claim`` turns one into the caller's
 sandbox in a single compare-and-set update, so a create that hits the pool
 costs one database write instead of a boot.
+
+Templates are versioned: a pooled sandbox runs the version that was current
+when it booted. The pool remembers the template version (``stamp``) its
+members were checked against; when the template gets a new version, claims
+stop (creates boot cold) until the refill loop has deleted the members of
+older versions and booted new ones.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import logging
 
 from ..config import Settings
+from ..errors import AtelierError
 from ..store.repository import utcnow
 from .auth import Principal
 from .models import CreateRequest, SandboxRecord, SandboxState
@@ -33,6 +40,13 @@ class WarmPool:
         self.size = settings.pool_size
         self._refill: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stamp: str | None = None  # the template version the members are of
+
+    def _current_stamp(self) -> str | None:
+        try:
+            return self.service.templates.get(self.settings.default_template).stamp
+        except AtelierError:
+            return None
 
     def pool_request(self) -> CreateRequest:
         return CreateRequest(
@@ -50,12 +64,17 @@ class WarmPool:
             self.size > 0
             and req.template == pool.template
             and req.runtime in (None, self.settings.default_runtime)
+            and req.network is None  # pooled sandboxes have the default network
             and (req.vcpus, req.memory_mib, req.disk_mib)
             == (pool.vcpus, pool.memory_mib, pool.disk_mib)
         )
 
     async def claim(self, req: CreateRequest, principal: Principal) -> SandboxRecord | None:
         if not self.matches(req):
+            return None
+        stamp = self._current_stamp()
+        if stamp is None or stamp != self._stamp:  # a new version: members are stale
+            self._wake.set()
             return None
         rec = await self.service.repo.claim_pooled(
             req.template,
@@ -84,8 +103,32 @@ class WarmPool:
         )
         return len(members)
 
+    async def drop_stale(self) -> int:
+        """Delete the pooled sandboxes not made from the template's current version."""
+        try:
+            current = self.service.templates.get(self.settings.default_template)
+        except AtelierError:
+            return 0
+        members = await self.service.repo.list_sandboxes(pooled=True)
+        pins = await self.service.repo.template_pins([m.id for m in members])
+        dropped = 0
+        for rec in members:
+            if rec.state == SandboxState.CREATING:
+                continue  # being booted now: checked on the next round
+            if rec.template != current.name or pins.get(rec.id) != current.version:
+                with contextlib.suppress(Exception):
+                    await self.service.delete(None, rec.id)
+                    dropped += 1
+        if dropped:
+            log.info("warm pool: dropped %d sandboxes of older template versions", dropped)
+        return dropped
+
     async def fill_once(self) -> None:
         """Boot pooled sandboxes until the pool has ``size`` members."""
+        stamp = self._current_stamp()
+        if self.size > 0 and stamp != self._stamp:
+            await self.drop_stale()
+            self._stamp = stamp
         while self.size > 0 and await self.count() < self.size:
             try:
                 self.service.validate(self.pool_request())

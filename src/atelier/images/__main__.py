@@ -7,7 +7,11 @@ python -m atelier.images cache prune [--all] [--data-dir DIR]
 python -m atelier.images pull NAME IMAGE_REF [--creds USER:TOKEN] [--force] [--data-dir DIR]
 python -m atelier.images import NAME FILE.tar [--force] [--data-dir DIR]
 python -m atelier.images ls [--data-dir DIR]
-python -m atelier.images rm NAME [--data-dir DIR]
+python -m atelier.images rm NAME [--data-dir DIR]     (refused while sandboxes use it)
+
+Every build, pull or import makes a new version of the template; versions no
+sandbox uses any more are deleted afterwards (the server's database says which
+are in use).
 
 ``--creds`` may also come from ``$ATELIER_REGISTRY_CREDS`` (kept out of the
 shell history and of ``ps``).
@@ -36,7 +40,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..config import Settings
-from ..errors import AtelierError, InvalidRequest
+from ..errors import AtelierError, InvalidRequest, TemplateInUse
 from .debootstrap import ProgressEvent, build_template
 from .oci import import_archive, pull_template, remove_image_tag
 from .store import TemplateInfo, TemplateStore, read_manifest
@@ -182,8 +186,9 @@ def _build_dockerfile(args: argparse.Namespace, console: Console) -> int:
     )
     steps = (read_manifest(info.rootfs.parent) or {}).get("steps") or []
     cached = sum(1 for step in steps if isinstance(step, dict) and step.get("cached"))
+    _collect(settings, info.name, console)
     console.print(
-        f"[green]template {info.name!r} ready[/] at {info.rootfs} "
+        f"[green]template {info.name!r} ready[/] (version {info.version}) at {info.rootfs} "
         f"({_human(info.size_bytes)}, {len(steps)} steps, {cached} cached, "
         f"{time.monotonic() - started:.1f} s)",
         highlight=False,
@@ -197,8 +202,14 @@ def _cache_prune(args: argparse.Namespace, console: Console) -> int:
 
     settings = _settings(args.data_dir)
     keep: set[str] = set()
-    for template in TemplateStore(settings).list():
-        for step in (read_manifest(template.rootfs.parent) or {}).get("steps") or []:
+    store = TemplateStore(settings)
+    manifests = [
+        read_manifest(store.manifest_path(t.name, v).parent)
+        for t in store.list()
+        for v in t.versions
+    ]
+    for manifest in manifests:
+        for step in (manifest or {}).get("steps") or []:
             if isinstance(step, dict) and isinstance(step.get("key"), str):
                 keep.add(step["key"])
     result = BuildCache(settings).prune(
@@ -258,8 +269,9 @@ def _run_with_progress(args: argparse.Namespace, console: Console, build: Build)
         ) as progress:
             info = build(_Bar(progress))
     elapsed = time.monotonic() - started
+    _collect(_settings(args.data_dir), info.name, console)
     console.print(
-        f"[green]template {info.name!r} ready[/] at {info.rootfs} "
+        f"[green]template {info.name!r} ready[/] (version {info.version}) at {info.rootfs} "
         f"({_human(info.size_bytes)}, {elapsed:.1f} s)",
         highlight=False,
         soft_wrap=True,
@@ -272,11 +284,24 @@ def _ls(args: argparse.Namespace, console: Console) -> int:
     if not templates:
         console.print("no templates; build one with: python -m atelier.images build base")
         return 0
-    table = Table("name", "builder", "source", "runtime", "ready", "size", "created", "rootfs")
+    table = Table(
+        "name",
+        "version",
+        "kept",
+        "builder",
+        "source",
+        "runtime",
+        "ready",
+        "size",
+        "created",
+        "rootfs",
+    )
     for t in templates:
         builder, source = _origin(t)
         table.add_row(
             t.name,
+            str(t.version),
+            ",".join(map(str, t.versions)) or "-",
             builder,
             source,
             t.runtime,
@@ -306,10 +331,55 @@ def _origin(info: TemplateInfo) -> tuple[str, str]:
     return builder, "-"
 
 
+def _usage(settings: Settings, name: str) -> tuple[list[str], set[int] | None]:
+    """(sandboxes using ``name``, their pinned versions or None if unknown), read
+    from the server's database; ([], set()) when there is no database yet."""
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if not path or not Path(path).exists():
+            return [], set()
+
+    async def read() -> tuple[list[str], set[int] | None]:
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        from ..store.db import Database
+        from ..store.repository import Repository
+
+        db = Database(url)
+        try:
+            return await Repository(db).template_usage(name)
+        except (OperationalError, ProgrammingError):  # no tables: no sandboxes yet
+            return [], set()
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+def _collect(settings: Settings, name: str, console: Console) -> None:
+    """After a publish: delete the versions of ``name`` no sandbox uses."""
+    _ids, keep = _usage(settings, name)
+    removed = TemplateStore(settings).collect_garbage(name, keep)
+    if removed:
+        console.print(
+            f"removed unused versions {', '.join(map(str, removed))} of {name!r}",
+            highlight=False,
+        )
+
+
 def _rm(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args.data_dir)
     store = TemplateStore(settings)
-    was_oci = (read_manifest(store.path(args.name)) or {}).get("builder") == "oci"
+    info = store.get(args.name)
+    ids, _versions = _usage(settings, args.name)
+    if ids:
+        raise TemplateInUse(
+            f"template {args.name!r} is used by {len(ids)} sandbox(es): {', '.join(ids)}; "
+            "delete them first",
+            details={"template": args.name, "sandbox_ids": ids},
+        )
+    was_oci = (read_manifest(info.rootfs.parent) or {}).get("builder") == "oci"
     store.remove(args.name)
     if was_oci:
         remove_image_tag(settings, args.name)  # and free the layers no one else uses

@@ -1,9 +1,10 @@
 """Build a Debian template with debootstrap.
 
 The build runs in ``templates_dir/.<name>.build-<random>/`` and is renamed into
-``templates_dir/<name>/`` only once complete, with its ``manifest.json``
-already inside: a crashed or interrupted build never leaves a directory that
-looks ready, and the next build sweeps its leftovers.
+``templates_dir/<name>/versions/<n>/`` (a new version, see :mod:`.store`) only
+once complete, with its ``manifest.json`` already inside: a crashed or
+interrupted build never leaves a directory that looks ready, and the next
+build sweeps its leftovers.
 
 Progress comes from debootstrap's own ``I:`` lines (:class:`ProgressParser`),
 reported as :class:`ProgressEvent` so a CLI can draw a bar.
@@ -36,6 +37,7 @@ from .store import (
     ROOTFS_NAME,
     TemplateInfo,
     TemplateStore,
+    publish_version,
     read_manifest,
     safe_rmtree,
     template_lock,
@@ -422,18 +424,6 @@ class _Build:
         os.replace(tmp, self.work / MANIFEST_NAME)
         return manifest
 
-    def publish(self, final: Path) -> None:
-        if not final.exists():
-            self.work.rename(final)
-            return
-        if _exchange(self.work, final):
-            safe_rmtree(self.work)  # now holds the previous template
-            return
-        old = final.with_name(f".{self.name}.old-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-        self.work.rename(final)
-        safe_rmtree(old)
-
 
 def _sbin_path() -> str:
     path = os.environ.get("PATH", "/usr/bin:/bin")
@@ -498,13 +488,17 @@ def build_template(
             counts = build.run_debootstrap(totals)
             build.finalize()
             manifest = build.write_manifest(counts)
-            build.publish(final)
+            version = publish_version(settings.templates_dir, name, build.work)
         except BaseException:
             safe_rmtree(build.work)
             raise
         build.emit(
             ProgressEvent(
-                "done", 1, 1, f"template {name!r} ready ({manifest['size_bytes'] / 2**20:.0f} MiB)"
+                "done",
+                1,
+                1,
+                f"template {name!r} version {version} ready "
+                f"({manifest['size_bytes'] / 2**20:.0f} MiB)",
             )
         )
         return store.get(name)

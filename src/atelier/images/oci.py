@@ -18,8 +18,10 @@ A pull, step by step (the template name's lock held throughout):
    ``templates/.<name>.build-<random>/``; ``rootfs`` is moved out of umoci's
    bundle and ``manifest.json`` (ref, digest, the image config's Env, User,
    WorkingDir, Entrypoint, Cmd, ExposedPorts) is written last;
-4. the build directory is renamed into place (atomically swapped with an
-   older version), and only then is the shared index tagged.
+4. the build directory is renamed into place as the template's next version
+   (``templates/<name>/versions/<n>/``, made current atomically; older versions
+   stay for the sandboxes pinned to them), and only then is the shared index
+   tagged.
 
 A failure at any step removes the build and pull directories: nothing
 half-written is left (blobs already downloaded stay in the shared store
@@ -44,7 +46,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import Conflict, InvalidRequest, NotFound, RuntimeFailure
-from .debootstrap import ProgressCallback, ProgressEvent, _exchange, directory_size
+from .debootstrap import ProgressCallback, ProgressEvent, directory_size
 from .registry_config import ImageRef, apply_mirrors, is_insecure, parse_reference
 from .skopeo import (
     Credentials,
@@ -59,6 +61,7 @@ from .store import (
     ROOTFS_NAME,
     TemplateInfo,
     TemplateStore,
+    publish_version,
     read_manifest,
     safe_rmtree,
     template_lock,
@@ -410,7 +413,8 @@ def _install(
         collect_garbage(settings)  # blobs a replaced tag no longer needs (skipped if busy)
     info = TemplateStore(settings).get(name)
     size = (info.size_bytes or 0) / 2**20
-    job.emit(ProgressEvent("done", 1, 1, f"template {name!r} ready ({size:.0f} MiB)"))
+    ready = f"template {name!r} version {info.version} ready ({size:.0f} MiB)"
+    job.emit(ProgressEvent("done", 1, 1, ready))
     return info
 
 
@@ -418,19 +422,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def publish_build(work: Path, final: Path, name: str) -> None:
-    """Install the build dir ``work`` as the template dir ``final`` (an atomic
-    swap with an older version when there is one); hold the name's lock."""
-    if not final.exists():
-        work.rename(final)
-        return
-    if _exchange(work, final):
-        safe_rmtree(work)  # now holds the previous template
-        return
-    old = final.with_name(f".{name}.old-{uuid.uuid4().hex[:8]}")
-    final.rename(old)
-    work.rename(final)
-    safe_rmtree(old)
+def publish_build(work: Path, final: Path, name: str) -> int:
+    """Install the build dir ``work`` as the next version of the template dir
+    ``final`` and make it current (see :mod:`.store`); hold the name's lock.
+    Returns the new version number."""
+    return publish_version(final.parent, name, work)
 
 
 def sweep_builds(settings: Settings, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Health, server info, templates and tokens."""
+"""Health, server info, audit trail and tokens (templates: ``routes/templates.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..schemas import (
     InfoOut,
     PoolOut,
     RuntimeOut,
-    TemplateList,
     TemplateOut,
     TokenCreate,
     TokenCreated,
@@ -62,11 +61,6 @@ async def all_events(
     return EventList(
         events=[EventOut.model_validate(e) for e in await ctx.repo.events(limit=limit)]
     )
-
-
-@router.get("/v1/templates", response_model=TemplateList, tags=["templates"])
-async def list_templates(ctx: Ctx, _principal: Auth) -> TemplateList:
-    return TemplateList(templates=_templates(ctx))
 
 
 @router.post("/v1/tokens", status_code=201, response_model=TokenCreated, tags=["tokens"])

@@ -40,6 +40,7 @@ from ...errors import (
     InvalidRequest,
     RuntimeFailure,
     RuntimeUnavailable,
+    TemplateNotFound,
 )
 from ...runtimes.gvisor import GVisorRuntime
 from ..debootstrap import directory_size
@@ -207,6 +208,12 @@ class _Build:
         self.counter = 0
         self.global_args = self._global_args()
         self.target: str | None = None
+        self.total_steps = 0  # FROMs and instructions of the stages up to the target
+
+    def tag(self, number: int) -> str:
+        """``step N/M``: what a progress display parses (M counts every stage up to
+        the target; stages the target does not need are skipped, so N may stop short)."""
+        return f"step {number}/{max(self.total_steps, number)}"
 
     # -- logging -------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -252,10 +259,9 @@ class _Build:
             os.chmod(root, 0o755)
             return _Base(root, ImageState(), "scratch")
         store = TemplateStore(self.settings)
-        with contextlib.suppress(InvalidRequest):
+        with contextlib.suppress(InvalidRequest, TemplateNotFound):
             validate_name(image)
-            path = store.path(image)
-            if (path / MANIFEST_NAME).is_file() and (path / ROOTFS_NAME).is_dir():
+            if store.get(image).ready:
                 return self._template_base(image)
         try:
             ref = parse_reference(image)
@@ -274,11 +280,15 @@ class _Build:
         return self._template_base(template)
 
     def _template_base(self, name: str) -> _Base:
-        path = TemplateStore(self.settings).path(name)
-        raw = (path / MANIFEST_NAME).read_bytes()
+        # the current version's own paths: a rebuild of ``name`` during this
+        # build does not change what this build sees
+        store = TemplateStore(self.settings)
+        info = store.checkout(name, lease=0)
+        raw = store.manifest_path(name, info.version).read_bytes()
         manifest = json.loads(raw)
+        self.log(f"using template {name!r} version {info.version}")
         return _Base(
-            path / ROOTFS_NAME,
+            info.rootfs,
             _config_from_manifest(manifest),
             f"template:{name}:{hashlib.sha256(raw).hexdigest()}",
         )
@@ -312,7 +322,7 @@ class _Build:
             wanted = self._expand(ins, platform, self.global_args)
             if wanted not in (f"linux/{HOST_ARCH}", "linux"):
                 raise ins.error(f"--platform={wanted}: only linux/{HOST_ARCH} can be built here")
-        self.log(f"[{stage.label}] FROM {image}")
+        self.log(f"{self.tag(len(self.steps) + 1)} [{stage.label}] FROM {image}")
         ref_index = await self._stage_ref(ins, image, index)
         if ref_index is not None:
             parent = self.results[ref_index]
@@ -467,7 +477,7 @@ class _Build:
             entry: CacheEntry | None = None if self.no_cache else self.cache.lookup(key)
             cached = entry is not None
             if entry is None:
-                self.log(f"#{number} [{ctx.stage.label}] {ins.original}")
+                self.log(f"{self.tag(number)} [{ctx.stage.label}] {ins.original}")
                 tmp = self.cache.new_tmp()
                 view_dir = self._next_dir("view")
                 try:
@@ -487,7 +497,7 @@ class _Build:
                     tmp, key, self._entry_config(ctx, ins, state), replace=True
                 )
             else:
-                self.log(f"#{number} [{ctx.stage.label}] CACHED {ins.original}")
+                self.log(f"{self.tag(number)} [{ctx.stage.label}] CACHED {ins.original}")
         if entry.diff is not None:
             ctx.layers.append(entry.diff)
         ctx.state, ctx.key = state, key
@@ -543,7 +553,7 @@ class _Build:
                         "hint": NO_NETWORK_HINT,
                     },
                 )
-            self.log(f"#{number} done in {outcome.seconds:.1f}s")
+            self.log(f"{self.tag(number)} done in {outcome.seconds:.1f}s")
 
         await self._fs_step(ctx, ins, key, state, run, number)
 
@@ -722,10 +732,13 @@ class _Build:
             ):
                 # the same final step as the installed template: same files;
                 # record this build's steps (all cached) and keep the rootfs
-                self.log(f"template {name!r} is up to date")
+                # (no new version: the current one has exactly these files)
+                store = TemplateStore(settings)
+                current = store.get(name)
+                self.log(f"template {name!r} is up to date (version {current.version})")
                 updated = {**existing, "steps": self.steps, "built_at": now_iso()}
-                write_json_atomic(templates / name / MANIFEST_NAME, updated)
-                return TemplateStore(settings).get(name)
+                write_json_atomic(store.manifest_path(name, current.version), updated)
+                return store.get(name)
             work = templates / f".{name}.build-{uuid.uuid4().hex[:8]}"
             work.mkdir(mode=0o700, parents=True)
             try:
@@ -754,10 +767,11 @@ class _Build:
                     "size_bytes": directory_size(rootfs),
                 }
                 write_json_atomic(work / MANIFEST_NAME, manifest)
-                publish_build(work, templates / name, name)
+                version = publish_build(work, templates / name, name)
             except BaseException:
                 safe_rmtree(work)
                 raise
+        self.log(f"template {name!r} version {version} ready")
         return TemplateStore(settings).get(name)
 
     async def cleanup(self) -> None:
@@ -845,6 +859,7 @@ async def build_dockerfile(
         index = len(df.stages) - 1
     build = _Build(settings, name, df, ctx, build_args or {}, no_cache, on_log)
     build.target = df.stages[index].label
+    build.total_steps = sum(1 + len(s.instructions) for s in df.stages[: index + 1])
     runtime = build.runtime
     status = runtime.availability()
     if not status.available:
