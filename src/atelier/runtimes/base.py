@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ..network.policy import NetworkPolicy
+
 __all__ = [
     "Capability",
     "Runtime",
@@ -36,6 +38,7 @@ class Capability(enum.Flag):
     MEMORY_SNAPSHOT = enum.auto()  # snapshot/restore memory + device state
     PERSISTENT_DISK = enum.auto()  # files survive stop/start
     HOT_RESIZE = enum.auto()  # change vcpus/memory of a running sandbox
+    NETWORK = enum.auto()  # a network namespace per sandbox with an egress policy
 
 
 class RuntimeState(enum.Enum):
@@ -56,6 +59,8 @@ class SandboxSpec:
     disk_mib: int = 2048
     hostname: str = "sandbox"
     labels: dict[str, str] = field(default_factory=dict)
+    # None: mode "none" (loopback only), as before networking existed
+    network: NetworkPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

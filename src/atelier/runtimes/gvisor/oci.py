@@ -141,13 +141,21 @@ def build_config(
     spec: SandboxSpec,
     paths: BundlePaths,
     argv: list[str] | None = None,
+    netns: Path | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec for ``spec`` (a JSON-ready dict).
 
     ``argv`` defaults to the agent on the image's ``/usr/bin/python3``; the
     runtime passes the agent on the bundled interpreter (``paths.runtime_dir``).
+    ``netns`` is the sandbox's network namespace (``/run/netns/atl-<id>``) when
+    it has a network (runsc ``--network=sandbox``); None: loopback only.
     """
     caps = list(CAPABILITIES)
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if netns is not None:
+        # runsc --network=sandbox: the sandbox process joins this namespace and
+        # gVisor's netstack takes over its veth (see network/ and runsc.py).
+        namespaces.append({"type": "network", "path": str(netns)})
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -182,9 +190,9 @@ def build_config(
                 "memory": {"limit": spec.memory_mib * 1024 * 1024},
                 "pids": {"limit": PIDS_LIMIT},
             },
-            # No network namespace path: runsc runs with --network=none, so the
-            # sandbox has only its own loopback inside the user-space kernel.
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+            # Without a network namespace path runsc runs with --network=none, so
+            # the sandbox has only its own loopback inside the user-space kernel.
+            "namespaces": namespaces,
         },
     }
 

@@ -3,7 +3,20 @@
 Every subcommand gets the same global flags (root, platform, network, host
 UDS, overlay, ...): runsc re-reads its configuration from the command line
 on every call, and ``start`` behaves differently from ``create`` if they
-disagree.
+disagree. The one per-call exception is ``--network``: a sandbox with a
+network namespace gets ``--network=sandbox`` on its ``create`` and ``start``
+(the only subcommands that read it).
+
+A sandbox with a network: runsc 20221219 sets up gVisor's netstack at
+``start``, from inside the sandbox's namespace, and first refuses to run "in
+the root network namespace", which it decides by the existence of
+``/proc/sys/net/core/rmem_default`` -- present in *every* namespace on newer
+kernels. So ``start`` runs in a private mount namespace where a tiny empty
+tmpfs covers the sandbox namespace's ``/proc/sys/net/core`` (mounted from
+inside that namespace: ``/proc/sys/net`` is per network namespace), see
+:func:`netns_start_argv`. runsc itself stays in the root network namespace:
+its control socket is an abstract unix socket bound by ``create``, reachable
+only from the namespace that bound it.
 """
 
 from __future__ import annotations
@@ -21,7 +34,15 @@ from typing import IO, Any
 from ...errors import RuntimeFailure
 from .proc import CommandResult, run_command
 
-__all__ = ["CID_SUFFIX", "ContainerState", "Runsc", "console_open", "container_id", "sandbox_id_of"]
+__all__ = [
+    "CID_SUFFIX",
+    "ContainerState",
+    "Runsc",
+    "console_open",
+    "container_id",
+    "netns_start_argv",
+    "sandbox_id_of",
+]
 
 # runsc resolves a container id given on its command line as a *prefix*:
 # ``runsc state a`` answers for container ``ab`` if there is no ``a``, and
@@ -40,6 +61,23 @@ def sandbox_id_of(cid: str) -> str | None:
     if cid.endswith(CID_SUFFIX) and CID_SUFFIX not in cid[:-1]:
         return cid[: -len(CID_SUFFIX)]
     return None
+
+
+# Run as: sh -c SCRIPT sh <netns path> <argv...>
+_NETNS_SCRIPT = (
+    'nsenter --net="$1" mount -t tmpfs -o size=4k,mode=0555,nosuid,nodev,noexec '
+    'atelier-netcore /proc/sys/net/core && shift && exec "$@"'
+)
+
+
+def netns_start_argv(netns: Path, argv: Sequence[str]) -> list[str]:
+    """``argv`` (a ``runsc start``) wrapped so that runsc accepts the sandbox's
+    network namespace (see the module docstring). The mount namespace is
+    private and dies with the command; nothing outside sees the tmpfs."""
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-c", _NETNS_SCRIPT, "sh", str(netns), *argv,
+    ]  # fmt: skip
 
 
 _STATE_FILE = re.compile(r"[\w.+-]+_sandbox:[\w.+-]+\.state")
@@ -76,11 +114,11 @@ class Runsc:
         self.default_log = default_log
         self.extra_flags = tuple(extra_flags)
 
-    def global_flags(self, log: Path | None = None) -> list[str]:
+    def global_flags(self, log: Path | None = None, network: str | None = None) -> list[str]:
         flags = [
             f"--root={self.root}",
             f"--platform={self.platform}",
-            f"--network={self.network}",
+            f"--network={network or self.network}",
             # The agent binds its socket in a bind-mounted host directory.
             "--host-uds=create",
             # Root writes go to our overlay (the disk layer), never to memory.
@@ -95,8 +133,8 @@ class Runsc:
         flags.extend(self.extra_flags)
         return flags
 
-    def argv(self, *args: str, log: Path | None = None) -> list[str]:
-        return [self.binary, *self.global_flags(log), *args]
+    def argv(self, *args: str, log: Path | None = None, network: str | None = None) -> list[str]:
+        return [self.binary, *self.global_flags(log, network), *args]
 
     async def run(
         self,
@@ -107,9 +145,14 @@ class Runsc:
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = subprocess.PIPE,
         input: bytes | None = None,
+        network: str | None = None,
+        netns: Path | None = None,
     ) -> CommandResult:
+        argv = self.argv(*args, log=log, network=network)
+        if netns is not None:
+            argv = netns_start_argv(netns, argv)
         return await run_command(
-            self.argv(*args, log=log),
+            argv,
             timeout=timeout,
             check=check,
             stdout=stdout,
@@ -188,19 +231,32 @@ class Runsc:
         log: Path | None = None,
         user_log: Path | None = None,
         timeout: float = 60.0,
+        network: str | None = None,
     ) -> CommandResult:
         """``runsc create``. The container's stdout/stderr (and runsc's own
-        error output, which shares them) go to ``console``."""
+        error output, which shares them) go to ``console``. ``network``
+        overrides ``--network`` (``sandbox`` for a sandbox with a namespace)."""
         args = ["create", f"--bundle={bundle}"]
         if user_log is not None:
             args.append(f"--user-log={user_log}")
         args.append(cid)
         return await self.run(
-            *args, log=log, timeout=timeout, check=False, stdout=console, stderr=console
+            *args,
+            log=log,
+            timeout=timeout,
+            check=False,
+            stdout=console,
+            stderr=console,
+            network=network,
         )
 
-    async def start(self, cid: str, *, log: Path | None = None) -> None:
-        await self.run("start", cid, log=log, timeout=30)
+    async def start(self, cid: str, *, log: Path | None = None, netns: Path | None = None) -> None:
+        """``runsc start``; with ``netns`` (the sandbox's network namespace, also
+        named in its OCI spec) gVisor's netstack takes over its interfaces."""
+        if netns is None:
+            await self.run("start", cid, log=log, timeout=30)
+        else:
+            await self.run("start", cid, log=log, timeout=30, network="sandbox", netns=netns)
 
     async def kill(
         self, cid: str, signal: str = "KILL", *, log: Path | None = None, check: bool = True

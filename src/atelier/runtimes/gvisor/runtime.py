@@ -5,6 +5,12 @@ start    (re)mount if needed, ``runsc create`` + ``runsc start``
 stop     ``runsc kill KILL``, wait until stopped, ``runsc delete``, unmount
 destroy  stop, unmount, detach the loop device, remove the dir
 
+A sandbox whose spec has a network policy other than ``none`` also gets a
+network namespace, veth pair and nftables rules (``atelier.network``), made
+before every ``runsc create`` (runsc strips the namespace's addresses when it
+takes the interface over, so they are re-added each start) and removed by
+``destroy``. The policy is saved beside the spec (``network.json``).
+
 See files.py for the layout of a sandbox directory and layers.py for the disk.
 
 Trust: everything under ``<dir>/run/`` (and the disk layer) is written by the
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +47,7 @@ from ...errors import (
     SandboxNotFound,
 )
 from ...images.agent_runtime import ensure_agent_runtime
+from ...network import NetworkManager, NetworkPolicy
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
 from ..common import boot_id as _boot_id
 from . import layers, oci
@@ -57,6 +66,8 @@ _STATES = {
 }
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _HOST_TOOLS = ("mkfs.ext4", "mount", "umount", "losetup")
+_NETWORK_TOOLS = ("ip", "nft", "unshare", "nsenter")  # iproute2, nftables, util-linux
+_NETWORK_FILE = "network.json"  # the spec's network policy, beside spec.json
 
 
 class GVisorRuntime:
@@ -85,6 +96,7 @@ class GVisorRuntime:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._availability: RuntimeAvailability | None = None
         self._runsc: Runsc | None = None
+        self._network: NetworkManager | None = None
 
     # -- paths ----------------------------------------------------------------
     @property
@@ -110,8 +122,14 @@ class GVisorRuntime:
         return self.files(sandbox_id).console
 
     # -- capabilities / availability -----------------------------------------------
+    async def aclose(self) -> None:
+        """Stop the runtime's background work (the network's domain refresher);
+        sandboxes keep running."""
+        if self._network is not None:
+            await self._network.aclose()
+
     def capabilities(self) -> Capability:
-        return Capability.PAUSE | Capability.PERSISTENT_DISK
+        return Capability.PAUSE | Capability.PERSISTENT_DISK | Capability.NETWORK
 
     def availability(self) -> RuntimeAvailability:
         if self._availability is None:
@@ -166,9 +184,46 @@ class GVisorRuntime:
             )
         return self._runsc
 
+    @property
+    def network(self) -> NetworkManager:
+        """Sandbox networks (state in ``<data_dir>/network``, or ``<state_dir>/network``)."""
+        if self._network is None:
+            self._network = NetworkManager(
+                self.settings,
+                state_dir=self.state_dir / "network" if self.state_dir is not None else None,
+            )
+        return self._network
+
     def info(self, sandbox_id: str) -> dict[str, Any]:
         choice = detect_platform(self.settings.runsc_bin, self.settings.runsc_platform)
-        return {"platform": choice.name, "isolation": "gVisor user-space kernel"}
+        out: dict[str, Any] = {"platform": choice.name, "isolation": "gVisor user-space kernel"}
+        net = self.network.info(sandbox_id)
+        out["network"] = net.to_json() if net is not None else {"mode": "none"}
+        return out
+
+    def _load_spec(self, files: SandboxFiles) -> SandboxSpec:
+        """The saved spec with its network policy (kept in its own file)."""
+        spec = files.load_spec()
+        path = files.base / _NETWORK_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return spec
+        except (OSError, ValueError) as exc:
+            raise RuntimeFailure(f"cannot read {path}: {exc}") from exc
+        try:
+            policy = NetworkPolicy.from_json(data) if data is not None else None
+        except InvalidRequest as exc:
+            raise RuntimeFailure(f"corrupt {path}: {exc}") from exc
+        return dataclasses.replace(spec, network=policy)
+
+    def _save_network(self, files: SandboxFiles, spec: SandboxSpec) -> None:
+        if spec.network is None:
+            return
+        path = files.base / _NETWORK_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec.network.to_json(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
     def _prepare_host_dirs(self) -> None:
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -208,7 +263,7 @@ class GVisorRuntime:
         _ = self.runsc  # RuntimeUnavailable before touching anything
         async with self._locked(spec.sandbox_id):
             if files.complete():
-                if files.load_spec() == spec:
+                if self._load_spec(files) == spec:
                     return  # already created with this very spec
                 raise Conflict(f"sandbox {spec.sandbox_id} already exists with another spec")
             if files.base.exists() or await self._current(files) is not None:
@@ -231,10 +286,15 @@ class GVisorRuntime:
         await layers.create_disk(paths.disk, spec.disk_mib)
         await layers.ensure_mounted(paths, spec.rootfs)
         write_identity(paths.rootfs, spec.hostname)
+        if spec.network is not None and spec.network.enabled:
+            write_resolv_conf(paths.rootfs, self.network.resolv_conf())
         await self._write_bundle(spec, files)
+        self._save_network(files, spec)
         files.save_spec(spec)  # last: marks the sandbox as complete
 
-    async def _write_bundle(self, spec: SandboxSpec, files: SandboxFiles) -> None:
+    async def _write_bundle(
+        self, spec: SandboxSpec, files: SandboxFiles, netns: Path | None = None
+    ) -> None:
         argv, runtime_dir = self.init_argv, None
         if argv is None:
             # The agent always runs on the bundled interpreter, never on the
@@ -248,7 +308,7 @@ class GVisorRuntime:
             tmp_dir=files.layers.tmp,
             runtime_dir=runtime_dir,
         )
-        oci.write_config(files.bundle, oci.build_config(spec, paths, argv))
+        oci.write_config(files.bundle, oci.build_config(spec, paths, argv, netns))
 
     async def start(self, sandbox_id: str) -> None:
         files = self.files(sandbox_id)
@@ -256,7 +316,7 @@ class GVisorRuntime:
         async with self._locked(sandbox_id):
             if not files.complete():
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist on this host")
-            spec = files.load_spec()
+            spec = self._load_spec(files)
             log = files.runsc_log
             current = await self._current(files)
             if current is not None:
@@ -264,19 +324,28 @@ class GVisorRuntime:
                     return
                 await runsc.delete(files.cid, force=True, log=log)
             await layers.ensure_mounted(files.layers, spec.rootfs)
-            await self._write_bundle(spec, files)
+            netns = None
+            if spec.network is not None and spec.network.enabled:
+                # (re)made before every start: runsc strips the namespace's addresses
+                netns = (await self.network.setup(sandbox_id, spec.network)).netns_path
+            await self._write_bundle(spec, files, netns)
             with contextlib.suppress(FileNotFoundError):
                 files.agent_socket.unlink()  # a stale socket from the last run
-            await self._runsc_start(sandbox_id, files)
+            await self._runsc_start(sandbox_id, files, netns)
             files.started.write_text(_boot_id())
 
-    async def _runsc_start(self, sandbox_id: str, files: SandboxFiles) -> None:
+    async def _runsc_start(
+        self, sandbox_id: str, files: SandboxFiles, netns: Path | None = None
+    ) -> None:
         runsc, log = self.runsc, files.runsc_log
+        network = "sandbox" if netns is not None else None
         try:
             with console_open(files.console) as console:
                 for attempt in range(2):
                     offset = os.fstat(console.fileno()).st_size
-                    res = await runsc.create(files.cid, files.bundle, console=console, log=log)
+                    res = await runsc.create(
+                        files.cid, files.bundle, console=console, log=log, network=network
+                    )
                     said = read_tail(files.console, offset)
                     if res.ok or attempt or "already exists" not in said:
                         break
@@ -288,7 +357,7 @@ class GVisorRuntime:
                     f"runsc create {sandbox_id} failed (exit {res.returncode}): {detail}",
                     details={"console": str(files.console), "runsc_log": str(log)},
                 )
-            await runsc.start(files.cid, log=log)
+            await runsc.start(files.cid, log=log, netns=netns)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._abort_start(sandbox_id, files)
@@ -376,6 +445,7 @@ class GVisorRuntime:
             if await runsc.state(files.cid, log=log) is not None:
                 raise
         await self._kill_strays(files)
+        await self.network.teardown(sandbox_id)
         await layers.unmount_all(files.base)
         await layers.detach_loops(files.layers.disk)
         runsc.forget(files.cid)
@@ -403,6 +473,7 @@ class GVisorRuntime:
 
     async def list_ids(self) -> list[str]:
         ids = {sid for c in await self.runsc.list() if (sid := sandbox_id_of(c.id))}
+        ids.update(self.network.sandbox_ids())  # a network left by a crash
         if self.sandboxes_dir.is_dir():
             for entry in self.sandboxes_dir.iterdir():
                 with contextlib.suppress(InvalidRequest):
@@ -420,6 +491,13 @@ class GVisorRuntime:
 
 
 def _validate(spec: SandboxSpec, settings: Settings) -> None:
+    if spec.network is not None and spec.network.enabled:
+        missing = [tool for tool in _NETWORK_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeUnavailable(
+                f"network mode {spec.network.mode!r} needs {', '.join(missing)} on the host "
+                "(iproute2, nftables, util-linux)"
+            )
     if not spec.rootfs.is_absolute() or not spec.rootfs.is_dir():
         raise InvalidRequest(f"template rootfs {spec.rootfs} is not an existing absolute dir")
     if not 1 <= spec.vcpus <= settings.max_vcpus:
@@ -441,6 +519,12 @@ def _remove_cgroups(path: str, root: Path = _CGROUP_ROOT) -> None:
                 (controller / rel).rmdir()
 
 
+def write_resolv_conf(rootfs: Path, text: str) -> None:
+    """Write the sandbox's ``/etc/resolv.conf`` (in its upper layer), never
+    following a link from the template (same rules as :func:`write_identity`)."""
+    _write_etc(rootfs, (("resolv.conf", text),))
+
+
 def write_identity(rootfs: Path, hostname: str) -> None:
     """Give the sandbox its own ``/etc/hostname`` and ``/etc/hosts`` (in its upper layer).
 
@@ -450,6 +534,10 @@ def write_identity(rootfs: Path, hostname: str) -> None:
     hosts = (
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     )
+    _write_etc(rootfs, (("hostname", f"{hostname}\n"), ("hosts", hosts)))
+
+
+def _write_etc(rootfs: Path, entries: Sequence[tuple[str, str]]) -> None:
     # Templates come from untrusted images: ``etc`` may be a symlink (to the
     # host's /etc, from the host's point of view). Never follow one: work
     # relative to a directory opened with O_NOFOLLOW, and create ``etc`` if the
@@ -467,7 +555,7 @@ def write_identity(rootfs: Path, hostname: str) -> None:
     finally:
         os.close(root_fd)
     try:
-        for name, text in (("hostname", f"{hostname}\n"), ("hosts", hosts)):
+        for name, text in entries:
             try:
                 os.unlink(name, dir_fd=etc_fd)  # a link from the template is replaced
             except FileNotFoundError:
