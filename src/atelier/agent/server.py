@@ -9,7 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import files, terminal, watch
+from . import files, ports, terminal, watch
 from .common import AgentError, from_oserror, log
 from .processes import ProcessTable
 from .protocol import PROTOCOL_VERSION, Connection, ConnectionLost, Stream, StreamClosed
@@ -41,6 +41,7 @@ class AgentServer:
             "pty": self.op_pty,
             "fs.watch": watch.op_watch,
             **files.FILE_OPS,
+            **ports.PORT_OPS,
         }
 
     async def op_ping(self, stream: Stream, req: dict[str, Any]) -> None:

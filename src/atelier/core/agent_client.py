@@ -33,21 +33,26 @@ from atelier.agent.protocol import (
     Stream,
     StreamClosed,
 )
-from atelier.errors import AgentFailure, AtelierError, error_class_for
+from atelier.errors import AgentFailure, AtelierError, PortUnreachable, error_class_for
 
 __all__ = [
     "AgentClient",
     "CommandResult",
     "Exit",
     "FileInfo",
+    "ListeningPort",
     "MkdirResult",
     "Output",
     "Ping",
+    "PortEvent",
+    "PortUnreachable",
+    "PortWatch",
     "ProcessEvent",
     "ProcessInfo",
     "ProcessSession",
     "PtySession",
     "Started",
+    "TcpTunnel",
     "WatchEvent",
     "WatchStream",
 ]
@@ -134,7 +139,31 @@ class WatchEvent(TypedDict):
     is_dir: bool
 
 
+class ListeningPort(TypedDict):
+    port: int
+    address: str
+    family: Literal["ipv4", "ipv6"]
+    inode: int
+    pid: int | None
+    command: str | None
+
+
+class PortEvent(TypedDict):
+    type: Literal["opened", "closed"]
+    port: int
+    address: str
+    family: Literal["ipv4", "ipv6"]
+    inode: int
+    pid: int | None
+    command: str | None
+
+
 # -- errors ----------------------------------------------------------------------------
+_TUNNEL_CODES: dict[str, type[AtelierError]] = {
+    "connection_refused": PortUnreachable,
+    "connection_timeout": PortUnreachable,
+}
+
 _PROTOCOL_ERRORS = (RemoteError, ConnectionLost, StreamClosed, ProtocolError)
 
 
@@ -349,6 +378,112 @@ class WatchStream:
             await self._stream.close()
 
     async def __aenter__(self) -> WatchStream:
+        await self.ready()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class TcpTunnel:
+    """A TCP connection inside the sandbox, relayed over one agent stream.
+
+    ``read()`` returns the next bytes (``b""`` once the sandbox side sent EOF),
+    ``write()`` sends under the stream's flow control, ``write_eof()``
+    half-closes, ``close()`` ends both directions (idempotent).
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._eof = False
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    async def read(self) -> bytes:
+        """The next chunk from the sandbox; ``b""`` at EOF (or once the tunnel closed)."""
+        if self._eof:
+            return b""
+        with _errors():
+            while True:
+                event = await self._stream.recv()
+                if event is None:
+                    self._eof = True
+                    return b""
+                if isinstance(event, Data):
+                    if event.data:
+                        return event.data
+                elif not isinstance(event, Msg):  # EOF on channel 1
+                    self._eof = True
+                    return b""
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        async with _sending(self._stream):
+            await self._stream.send(data, Channel.STDIN)
+
+    async def write_eof(self) -> None:
+        with _errors():
+            await self._stream.send_eof(Channel.STDIN)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def __aenter__(self) -> TcpTunnel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class PortWatch:
+    """Live listening-port changes; ``ports`` holds the set at ``ready()`` time."""
+
+    def __init__(self, conn: Connection, interval: float) -> None:
+        self._conn = conn
+        self._interval = interval
+        self._stream: Stream | None = None
+        self._closed = False
+        self.ports: list[ListeningPort] = []
+
+    async def ready(self) -> list[ListeningPort]:
+        """Start watching; the ports listening now."""
+        if self._stream is not None:
+            return self.ports
+        if self._closed:
+            raise AgentFailure("the port watch is closed")
+        with _errors():
+            stream = await self._conn.open("ports.watch", interval=self._interval)
+        self._stream = stream
+        try:
+            with _errors():
+                body = await stream.recv_msg()
+            self.ports = cast(list[ListeningPort], body.get("ports", []))
+        except BaseException:
+            await self.aclose()
+            raise
+        return self.ports
+
+    def __aiter__(self) -> PortWatch:
+        return self
+
+    async def __anext__(self) -> PortEvent:
+        await self.ready()
+        assert self._stream is not None
+        with _errors():
+            while True:
+                event = await self._stream.recv()
+                if event is None:
+                    raise StopAsyncIteration
+                if isinstance(event, Msg) and event.body.get("type") in ("opened", "closed"):
+                    return cast(PortEvent, event.body)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            await self._stream.close()
+
+    async def __aenter__(self) -> PortWatch:
         await self.ready()
         return self
 
@@ -642,3 +777,35 @@ class AgentClient:
         """Watch a directory. ``await w.ready()`` (or ``async with``) arms it and
         raises errors; iterating also arms it. ``aclose()`` ends the watch."""
         return WatchStream(self._conn, path, recursive)
+
+    # -- ports -------------------------------------------------------------------------
+    async def open_tunnel(
+        self, port: int, host: str = "127.0.0.1", *, timeout: float = 10.0
+    ) -> TcpTunnel:
+        """Connect to ``host:port`` inside the sandbox; raises :class:`PortUnreachable`."""
+        stream = await self._open("tcp.connect", port=port, host=host, timeout=timeout)
+        try:
+            try:
+                body = await stream.recv_msg()
+            except RemoteError as exc:
+                cls = _TUNNEL_CODES.get(exc.code)
+                if cls is None:
+                    raise _translate(exc) from exc
+                raise cls(exc.message, details={"port": port, "host": host}) from exc
+            except _PROTOCOL_ERRORS as exc:
+                raise _translate(exc) from exc
+            if body.get("type") != "connected":
+                raise AgentFailure(f"unexpected first message from the agent: {body!r}")
+        except BaseException:
+            await stream.close()
+            raise
+        return TcpTunnel(stream)
+
+    async def list_ports(self, owners: bool = True) -> list[ListeningPort]:
+        """The listening TCP sockets inside the sandbox (with their process, if visible)."""
+        body = await self._request("ports.list", owners=owners)
+        return cast(list[ListeningPort], body["ports"])
+
+    def watch_ports(self, interval: float = 0.5) -> PortWatch:
+        """Follow listening ports (polled every ``interval`` seconds by the agent)."""
+        return PortWatch(self._conn, interval)
