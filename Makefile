@@ -29,9 +29,10 @@ down:
 deps:
 	scripts/setup.sh deps
 
-# the base template the test suite uses (built once, reused by later runs)
+# the templates the test suite uses (built once, reused by later runs)
 template:
 	ATELIER_DATA_DIR="$(ATELIER_TEST_DATA_DIR)" scripts/setup.sh template
+	ATELIER_DATA_DIR="$(ATELIER_TEST_DATA_DIR)" scripts/setup.sh code-interpreter-template
 
 test: template
 	scripts/setup.sh test-deps

@@ -4,6 +4,7 @@
 #   scripts/setup.sh deps       Debian packages, .venv, the project (idempotent)
 #   scripts/setup.sh test-deps  deps + what only the test suite needs (a local registry)
 #   scripts/setup.sh template   deps + build the base template if it is missing
+#   scripts/setup.sh code-interpreter-template   the template with Jupyter kernels (tests use it)
 #   scripts/setup.sh up         template + start the server, wait for it, print how to use it
 #
 # Every step is skipped when already done, so a second run takes a second or two.
@@ -100,6 +101,20 @@ template() {
     "$VENV/bin/python" -m atelier.images build base --data-dir "$ATELIER_DATA_DIR"
 }
 
+# The code interpreter's kernels (docs/interpreter.md). debootstrap does not
+# follow virtual dependencies: python3-zmq needs python3-cffi-backend, and
+# ipykernel's debugpy reaches libboost-regex through gdb.
+CODE_INTERPRETER_PACKAGES=python3-ipykernel,python3-jupyter-client,python3-matplotlib,python3-numpy,python3-pandas,python3-cffi-backend,libboost-regex1.74.0,nodejs
+
+code_interpreter_template() {
+    deps
+    if [ ! -f "$ATELIER_DATA_DIR/templates/code-interpreter/manifest.json" ]; then
+        say "building the code-interpreter template in $ATELIER_DATA_DIR (a few minutes)"
+    fi
+    "$VENV/bin/python" -m atelier.images build code-interpreter \
+        --include "$CODE_INTERPRETER_PACKAGES" --data-dir "$ATELIER_DATA_DIR"
+}
+
 client_host() {
     case "$HOST" in
         0.0.0.0 | "" | "::" | "[::]") echo 127.0.0.1 ;;
@@ -154,7 +169,8 @@ case "${1:-up}" in
     deps) deps ;;
     test-deps) test_deps ;;
     template) template ;;
+    code-interpreter-template) code_interpreter_template ;;
     up) up ;;
     -h | --help | help) sed -n '2,10p' "$0" | cut -c3- ;;
-    *) die "unknown command ${1}; use deps, test-deps, template or up" ;;
+    *) die "unknown command ${1}; use deps, test-deps, template, code-interpreter-template or up" ;;
 esac

@@ -11,7 +11,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -83,6 +83,68 @@ class Settings(BaseSettings):
     max_vcpus: int = Field(16, ge=1)
     max_memory_mib: int = Field(65536, ge=64)
     max_disk_mib: int = Field(1024 * 1024, ge=64)
+
+    # -- networking (docs/network.md) ------------------------------------------------
+    network_pool: str = Field(
+        "10.213.0.0/16", description="IPv4 pool sandbox subnets (/30 each) are leased from."
+    )
+    network_default_mode: Literal["none", "egress", "open"] = Field(
+        "none",
+        description="Network mode of sandboxes whose request names none: none (loopback "
+        "only), egress (allow-list) or open.",
+    )
+    network_dns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPv4 resolvers sandboxes use (comma-separated or a JSON list); "
+        "default: the host's non-loopback nameservers from /etc/resolv.conf.",
+    )
+    network_nft_table: str = Field(
+        "atelier", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$", description="nftables inet table."
+    )
+    network_dns_refresh: float = Field(
+        300.0, gt=0, description="Seconds between re-resolutions of policy domain names."
+    )
+
+    @field_validator("network_dns", mode="before")
+    @classmethod
+    def _split_network_dns(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    # -- end of networking -----------------------------------------------------------
+
+    # -- preview URLs (docs/ports.md) ------------------------------------------
+    preview_domain: str | None = Field(
+        None,
+        description="Wildcard DNS domain (host[:port]) for host-based preview URLs "
+        "<port>-<sandbox-id>.<preview_domain>; unset: only path-based /preview/... URLs.",
+    )
+
+    # -- SSH gateway (atelier.sshgw, docs/ssh.md) ------------------------------------
+    ssh_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the SSH gateway (e.g. 2222; 0: any free port); unset: no gateway.",
+    )
+    ssh_host: str | None = Field(
+        None, description="Address the SSH gateway listens on; default: the API's `host`."
+    )
+    ssh_public_host: str | None = Field(
+        None,
+        description="Host name clients should use for the gateway (`atelier ssh`, "
+        "`atelier config-ssh`); default: the host of the API URL they use.",
+    )
+    ssh_host_key: Path | None = Field(
+        None,
+        description="The gateway's private host key; default <data_dir>/ssh_host_ed25519_key, "
+        "made (0600) on first start.",
+    )
+    # -- end of SSH gateway settings ---------------------------------------------------
 
     @field_validator("insecure_registries", mode="before")
     @classmethod

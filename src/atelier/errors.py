@@ -24,6 +24,7 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     │   ├── FileNotFound (404 file_not_found)
     │   ├── TokenNotFound (404 token_not_found)
     │   ├── OperationNotFound (404 operation_not_found)
+    │   ├── SecretNotFound (404 secret_not_found)
     │   ├── GitRepositoryNotFound (404 git_repo_not_found)
     │   └── GitRefNotFound (404 git_ref_not_found)
     ├── Conflict (409 conflict)
@@ -41,7 +42,8 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     │   ├── RuntimeFailure (500 runtime_error)
     │   └── AgentFailure (500 agent_error)
     ├── UpstreamFailure (502 upstream_error)     - a git host or registry failed
-    │   └── GitUnreachable (502 git_unreachable)
+    │   ├── GitUnreachable (502 git_unreachable)
+    │   └── PortUnreachable (502 connection_refused) - nothing listens on a sandbox port
     ├── ServiceUnavailable (503 unavailable)
     │   └── RuntimeUnavailable (503 runtime_unavailable)
     └── ApiConnectionError (503 connection_error) - SDK: server unreachable
@@ -76,12 +78,14 @@ __all__ = [
     "NotFound",
     "OperationNotFound",
     "PermissionDenied",
+    "PortUnreachable",
     "ProcessNotFound",
     "RateLimited",
     "RuntimeFailure",
     "RuntimeUnavailable",
     "SandboxFailure",
     "SandboxNotFound",
+    "SecretNotFound",
     "ServiceUnavailable",
     "TemplateInUse",
     "TemplateNotFound",
@@ -174,6 +178,10 @@ class OperationNotFound(NotFound):
     code = "operation_not_found"
 
 
+class SecretNotFound(NotFound):
+    code = "secret_not_found"
+
+
 class GitRepositoryNotFound(NotFound):
     code = "git_repo_not_found"
 
@@ -254,6 +262,12 @@ class UpstreamFailure(AtelierError):
 
 class GitUnreachable(UpstreamFailure):
     code = "git_unreachable"
+
+
+class PortUnreachable(UpstreamFailure):
+    """Nothing accepts connections on that port inside the sandbox."""
+
+    code = "connection_refused"
 
 
 class ServiceUnavailable(AtelierError):

@@ -30,6 +30,7 @@ from atelier.errors import (
     Conflict,
     GitAuthenticationFailed,
     GitRepositoryNotFound,
+    InvalidRequest,
     ValidationFailed,
     WorkspaceSetupFailed,
 )
@@ -94,6 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, base_template: TemplateInfo)
     git = GitHttpServer(work / "git", username="alice", token=TOKEN)
     (work / "git").mkdir()
     server: ServerProcess | None = None
+    before = {path.name for path in base_template.rootfs.parent.parent.iterdir()}
     try:
         _push_busybox_image(work, registry)
         git.start()
@@ -106,11 +108,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, base_template: TemplateInfo)
         yield World(git, registry, server)
     finally:
         if server is not None:
-            store = TemplateStore(Settings(data_dir=server.data_dir))
-            for info in store.list():
-                if info.name.startswith("img-"):
+            shut_down(server)  # first: templates in use cannot be removed
+            cache = base_template.rootfs.parent.parent  # the shared templates dir
+            store = TemplateStore(Settings(data_dir=cache.parent))
+            for info in store.list():  # what the workspaces pulled and built
+                if info.name not in before and info.name.startswith(("img-", "ws-", "wsf-")):
                     store.remove(info.name)
-            shut_down(server)
         git.stop()
         registry.proc.terminate()
         try:
@@ -264,6 +267,9 @@ def test_bad_repositories_and_configurations_leave_nothing_behind(
     broken = world.publish("broken", {".devcontainer.json": '{"image": "x",, }'})
     with pytest.raises(ValidationFailed, match="line 1"):
         Sandbox.create(repo=broken, **sdk)
+    schema = world.publish("schema", {".devcontainer.json": '{"image": 42}'})
+    with pytest.raises(ValidationFailed, match="image"):
+        Sandbox.create(repo=schema, **sdk)
     no_dockerfile = world.publish(
         "nodockerfile", {".devcontainer/devcontainer.json": '{"build": {"dockerfile": "Nope"}}'}
     )
@@ -412,3 +418,57 @@ def test_atelier_up_over_ssh_with_a_key_and_pinned_host(
         with pytest.raises(GitAuthenticationFailed):
             Sandbox.create(repo=url, git_auth=wrong, **sdk)
         assert world.sandbox_ids() == before
+
+
+def test_a_stored_secret_for_the_host_is_used_and_only_by_its_owner(
+    world: World, sdk: dict[str, str]
+) -> None:
+    url = world.publish("stored-secret", {"README": "stored\n"}, private=True)
+    host = f"127.0.0.1:{world.git.port}"
+    env = {k: v for k, v in os.environ.items() if k != "ATELIER_CONFIG"}
+    env.update(ATELIER_URL=world.server.url, ATELIER_TOKEN=world.server.token, GIT_TOKEN=TOKEN)
+    stored = subprocess.run(
+        [ATELIER, "secret", "set", "local-git", "--token-env", "GIT_TOKEN", "--host", host,
+         "--username", "alice"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+    assert TOKEN not in stored.stdout + stored.stderr
+    with world.server.client() as http:
+        listed = http.get("/v1/secrets").json()["secrets"]
+        assert [(s["name"], s["host"]) for s in listed] == [("local-git", host)]
+        assert TOKEN not in json.dumps(listed)
+        other = http.post("/v1/tokens", json={"name": "someone-else"}).json()["token"]
+    try:
+        with Sandbox.create(repo=url, **sdk) as sb:  # no credentials given: the stored secret
+            assert sb.commands.run("cat README").stdout == "stored\n"
+        with pytest.raises(GitAuthenticationFailed):
+            Sandbox.create(repo=url, api_url=world.server.url, token=other)
+    finally:
+        with world.server.client() as http:
+            assert http.delete("/v1/secrets/local-git").status_code == 204
+
+
+def test_a_repository_with_several_configurations_needs_a_choice(
+    world: World, sdk: dict[str, str]
+) -> None:
+    def config(name: str) -> str:
+        return json.dumps(
+            {"build": {"dockerfile": "../Dockerfile"}, "containerEnv": {"WHICH": name}}
+        )
+
+    url = world.publish(
+        "several",
+        {
+            ".devcontainer/Dockerfile": "FROM base\n",
+            ".devcontainer/python/devcontainer.json": config("python"),
+            ".devcontainer/node/devcontainer.json": config("node"),
+        },
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        Sandbox.create(repo=url, **sdk)
+    assert "node" in caught.value.message and "python" in caught.value.message
+    with Sandbox.create(repo=url, devcontainer="python", **sdk) as sb:
+        assert sb.info.workspace is not None
+        assert sb.info.workspace.devcontainer == ".devcontainer/python/devcontainer.json"
+        assert sb.commands.run("echo $WHICH").stdout == "python\n"

@@ -15,18 +15,26 @@ from ..core.agents import AgentConnections
 from ..core.auth import TokenService
 from ..core.pool import WarmPool
 from ..core.reconciler import Reconciler
+from ..core.secrets import SecretService
 from ..core.service import SandboxService
 from ..core.workspaces.service import WorkspaceService
 from ..images.store import TemplateStore
+from ..operations import OperationManager, TemplateOperations
 from ..runtimes.base import Runtime
 from ..runtimes.host import host_runtimes
 from ..runtimes.registry import RuntimeRegistry
 from ..server.reaper import SandboxReaper
+from ..sshgw import start_gateway
 from ..store.db import Database
 from ..store.repository import Repository
+from ..store.secrets import SecretRepository
 from .deps import AppContext
 from .errors import install_error_handlers
-from .routes import commands, files, pty, sandboxes, system, workspaces
+from .preview import install_preview
+from .routes import code as code_routes
+from .routes import commands, files, ports, pty, sandboxes, secrets, system, workspaces
+from .routes import ssh_keys as ssh_key_routes
+from .routes import templates as template_routes
 from .schemas import ErrorBody
 
 __all__ = ["create_app"]
@@ -70,22 +78,44 @@ def create_app(
         pool = WarmPool(settings, service)
         service.claim_pooled = pool.claim
         reconciler = Reconciler(service, settings.reconcile_interval)
-        workspace_service = WorkspaceService(service)
+        secret_service = SecretService(settings, SecretRepository(db))
+        workspace_service = WorkspaceService(service, secret_service)
+        operations = OperationManager(settings, repo)
+        template_ops = TemplateOperations(settings, repo, templates, operations)
         app.state.ctx = AppContext(
-            settings, repo, tokens, service, templates, registry, pool, workspace_service
+            settings,
+            repo,
+            tokens,
+            service,
+            templates,
+            registry,
+            pool,
+            workspace_service,
+            operations,
+            template_ops,
+            secret_service,
         )
+        await operations.recover()
         await reconciler.recover()
+        await workspace_service.recover()
         reconciler.start()
         pool.start()
+        app.state.sshgw = await start_gateway(settings, db, repo, service)  # docs/ssh.md
         log.info("atelier %s serving with data dir %s", __version__, settings.data_dir)
         try:
             yield
         finally:
+            await app.state.sshgw.close()
+            await operations.close()
             await pool.stop()
             await workspace_service.close()
             await service.preboots.close()
             await reconciler.stop()
             await agents.close_all()
+            for runtime in registry.all():  # background work of runtimes that have some
+                closer = getattr(runtime, "aclose", None)
+                if closer is not None:
+                    await closer()
             await db.close()
             await reaper.stop()
 
@@ -96,8 +126,12 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (system, sandboxes, workspaces, commands, files, pty):
+    for module in (system, template_routes, sandboxes, workspaces, secrets, commands, files, pty):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(ports.router, responses=ERROR_RESPONSES)
+    app.include_router(code_routes.router, responses=ERROR_RESPONSES)
+    install_preview(app)
+    app.include_router(ssh_key_routes.router, responses=ERROR_RESPONSES)
     return app
 
 

@@ -10,9 +10,11 @@ from fastapi import Depends, Request, WebSocket
 from ..config import Settings
 from ..core.auth import Principal, TokenService
 from ..core.pool import WarmPool
+from ..core.secrets import SecretService
 from ..core.service import SandboxService
 from ..core.workspaces.service import WorkspaceService
 from ..images.store import TemplateStore
+from ..operations import OperationManager, TemplateOperations
 from ..runtimes.registry import RuntimeRegistry
 from ..store.repository import Repository
 
@@ -29,6 +31,9 @@ class AppContext:
     runtimes: RuntimeRegistry
     pool: WarmPool
     workspaces: WorkspaceService
+    operations: OperationManager
+    template_ops: TemplateOperations
+    secrets: SecretService
 
 
 def get_context(request: Request) -> AppContext:

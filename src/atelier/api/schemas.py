@@ -8,9 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.models import SandboxRecord, SandboxState
+from ..network import NetworkPolicy
 
 __all__ = [
     "ChmodBody",
+    "ClientEventIn",
     "CommandBody",
     "ErrorBody",
     "EventList",
@@ -26,12 +28,16 @@ __all__ = [
     "InfoOut",
     "MkdirBody",
     "MkdirOut",
+    "NetworkIn",
     "ProcessListOut",
     "ProcessOut",
     "RenameBody",
     "SandboxCreate",
     "SandboxList",
     "SandboxOut",
+    "SecretCreate",
+    "SecretList",
+    "SecretOut",
     "SignalBody",
     "TemplateList",
     "TemplateOut",
@@ -56,6 +62,24 @@ class ErrorBody(BaseModel):
     details: dict[str, Any] | None = None
 
 
+class NetworkIn(_Body):
+    """A sandbox's network: ``none`` (loopback only), ``egress`` (only ``allow``,
+    minus ``deny``; CIDRs or domain names), ``open``. See docs/network.md."""
+
+    mode: Literal["none", "egress", "open"] = "none"
+    allow: list[str] = Field(default_factory=list, max_length=256)
+    deny: list[str] = Field(default_factory=list, max_length=256)
+    bandwidth_mbit: int | None = Field(None, ge=1)
+
+    def policy(self) -> NetworkPolicy:
+        return NetworkPolicy(
+            mode=self.mode,
+            allow=tuple(self.allow),
+            deny=tuple(self.deny),
+            bandwidth_mbit=self.bandwidth_mbit,
+        )
+
+
 class SandboxCreate(_Body):
     template: str = Field("base", min_length=1, max_length=200)
     runtime: str | None = None
@@ -65,6 +89,7 @@ class SandboxCreate(_Body):
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: int | None = Field(300, gt=0, description="Seconds until auto-stop; null = never.")
+    network: NetworkIn | None = Field(None, description="Default: the server's default mode")
 
 
 class WorkspaceStepOut(BaseModel):
@@ -159,6 +184,9 @@ class WorkspaceCreate(_Body):
     )
     depth: int | None = Field(1, ge=1, description="Clone depth; null = full history")
     credentials: GitCredentialsIn | None = None
+    secret: str | None = Field(
+        None, max_length=100, description="A stored secret; default: yours for the repo's host"
+    )
     local_env: dict[str, str] = Field(
         default_factory=dict, description="What ${localEnv:NAME} resolves to"
     )
@@ -169,6 +197,7 @@ class WorkspaceCreate(_Body):
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: int | None = Field(None, gt=0, description="Seconds until auto-stop; null = never.")
+    network: NetworkIn | None = Field(None, description="Default: the server's default mode")
 
 
 class GitCloneBody(_Body):
@@ -179,6 +208,7 @@ class GitCloneBody(_Body):
     ref: str | None = Field(None, max_length=256)
     depth: int | None = Field(1, ge=1)
     credentials: GitCredentialsIn | None = None
+    secret: str | None = Field(None, max_length=100)
 
 
 class GitCloneOut(BaseModel):
@@ -194,6 +224,7 @@ class GitSyncBody(_Body):
     remote: str = Field("origin", min_length=1, max_length=200)
     branch: str | None = Field(None, max_length=256, description="Default: the current branch")
     credentials: GitCredentialsIn | None = None
+    secret: str | None = Field(None, max_length=100)
 
 
 class GitSyncOut(BaseModel):
@@ -201,6 +232,27 @@ class GitSyncOut(BaseModel):
     branch: str
     commit: str = Field(description="The branch's commit after the push or pull")
     updated: bool = Field(description="Whether anything changed")
+
+
+class SecretCreate(_Body):
+    name: str = Field(..., min_length=1, max_length=100)
+    kind: str = Field(..., description="git-token | ssh-key")
+    value: str = Field(..., min_length=1, max_length=65536, description="Never returned")
+    host: str | None = Field(None, max_length=260, description="The git host it is for")
+    username: str | None = Field(None, max_length=200, description="HTTPS user name")
+    known_hosts: str | None = Field(None, max_length=65536, description="For ssh-key")
+
+
+class SecretOut(BaseModel):
+    name: str
+    kind: str
+    host: str | None = None
+    username: str | None = None
+    created_at: str
+
+
+class SecretList(BaseModel):
+    secrets: list[SecretOut]
 
 
 class TimeoutBody(_Body):
@@ -302,6 +354,13 @@ class EventOut(BaseModel):
 
 class EventList(BaseModel):
     events: list[EventOut]
+
+
+class ClientEventIn(_Body):
+    """An entry a client adds to a sandbox's audit trail (stored as ``client.<kind>``)."""
+
+    kind: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$", examples=["mcp.tool_call"])
+    detail: dict[str, Any] = Field(default_factory=dict, description="At most 8 KiB as JSON")
 
 
 class TemplateOut(BaseModel):

@@ -13,9 +13,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from atelier.cli import commands, sandboxes, workspaces
+from atelier.cli import commands, ports, sandboxes, secrets, ssh, workspaces
 from atelier.cli.context import CliState
+from atelier.cli.mcp import mcp
 from atelier.cli.output import console, exit_code_for, print_error
+from atelier.cli.templates import template_app
 from atelier.errors import AtelierError
 
 __all__ = ["app"]
@@ -95,21 +97,6 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
-def template(ctx: typer.Context) -> None:
-    """Build, pull, import, list and remove templates on this host (root).
-
-    ``atelier template build base``, ``pull NAME IMAGE``, ``import NAME FILE.tar``,
-    ``ls``, ``rm NAME``; ``atelier template --help`` for the options.
-    """
-    from atelier.images.__main__ import main as images_main
-
-    raise typer.Exit(images_main(list(ctx.args)))
-
-
-app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)(template)
 app.command()(sandboxes.create)
 app.command()(workspaces.up)
 app.command("ls")(sandboxes.ls)
@@ -121,5 +108,13 @@ app.command()(sandboxes.start)
 app.command()(sandboxes.rm)
 app.command()(sandboxes.logs)
 app.command()(sandboxes.timeout)
+app.command("ports")(ports.ports)
+app.command("port-forward")(ports.port_forward)
 app.command()(server)
 app.command()(doctor)
+app.command()(mcp)
+app.add_typer(template_app, name="template")
+app.add_typer(secrets.app, name="secret")
+app.add_typer(ssh.key_app, name="ssh-key")
+app.command()(ssh.ssh)
+app.command("config-ssh")(ssh.config_ssh)

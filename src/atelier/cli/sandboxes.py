@@ -54,9 +54,22 @@ def create(
     runtime: Annotated[
         str | None, typer.Option("--runtime", help="Runtime (default: server's).")
     ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option("--network", help="none | egress | open (default: the server's)."),
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="egress: a CIDR or domain it may reach (repeatable)."),
+    ] = None,
+    deny: Annotated[
+        list[str] | None, typer.Option("--deny", help="A CIDR or domain it may not reach.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create and start a sandbox; print its id."""
+    if (allow or deny) and network is None:
+        raise typer.BadParameter("--allow/--deny need --network egress or open")
     sb = Sandbox.create(
         template=template,
         vcpus=vcpus,
@@ -66,6 +79,7 @@ def create(
         labels=parse_pairs(label, "--label"),
         timeout=parse_timeout(timeout_, "--timeout"),
         runtime=runtime,
+        network=({"mode": network, "allow": allow or [], "deny": deny or []} if network else None),
         **state(ctx).sdk_options(),
     )
     sb.close()

@@ -58,6 +58,10 @@ def up(
         str | None,
         typer.Option("--token-env", help="Environment variable holding an HTTPS token."),
     ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option("--secret", help="A stored secret (default: yours for the repo's host)."),
+    ] = None,
     ssh_key: Annotated[
         Path | None, typer.Option("--ssh-key", help="SSH private key file for the clone.")
     ] = None,
@@ -88,6 +92,7 @@ def up(
                 ref=ref,
                 devcontainer=devcontainer,
                 git_auth=auth,
+                git_secret=secret,
                 depth=None if full_history else 1,
                 local_env=_local_env(local_env),
                 vcpus=vcpus,

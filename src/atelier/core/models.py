@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidStateTransition
+from ..network import NetworkPolicy
 
 __all__ = [
     "TRANSITIONS",
@@ -98,6 +99,7 @@ class CreateRequest:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     timeout: int | None = 300
+    network: NetworkPolicy | None = None  # None: the server's default mode
 
 
 @dataclass(slots=True)

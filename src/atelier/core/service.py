@@ -27,6 +27,7 @@ from ..errors import (
     TemplateNotFound,
 )
 from ..images.store import TemplateStore
+from ..network import NetworkPolicy
 from ..runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
 from ..runtimes.registry import RuntimeRegistry
 from ..store.repository import Repository, utcnow
@@ -163,7 +164,25 @@ class SandboxService:
         template = self.templates.get(req.template)
         if not template.ready:
             raise TemplateNotFound(f"template {req.template!r} is not built yet")
-        self.runtimes.get(req.runtime or template.runtime)
+        runtime = self.runtimes.get(req.runtime or template.runtime)
+        policy = self.network_policy(req)
+        if (
+            policy is not None
+            and policy.enabled
+            and Capability.NETWORK not in runtime.capabilities()
+        ):
+            raise InvalidRequest(
+                f"the {runtime.name} runtime has no sandbox networking yet: "
+                f"use network mode 'none' or the gvisor runtime",
+                details={"runtime": runtime.name, "network": policy.mode},
+            )
+
+    def network_policy(self, req: CreateRequest) -> NetworkPolicy | None:
+        """The request's network policy, else the server's default mode."""
+        if req.network is not None:
+            return req.network
+        default = self.settings.network_default_mode
+        return NetworkPolicy(mode=default) if default != "none" else None
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRecord:
         self.validate(req)
@@ -183,7 +202,8 @@ class SandboxService:
         self, req: CreateRequest, owner: str | None, pooled: bool = False
     ) -> SandboxRecord:
         """Create and boot a sandbox; on any failure remove every trace of it."""
-        template = self.templates.get(req.template)
+        # pinned: the sandbox keeps this version's rootfs whatever is built later
+        template = self.templates.checkout(req.template)
         runtime = self.runtimes.get(req.runtime or template.runtime)
         now = utcnow()
         rec = SandboxRecord(
@@ -203,7 +223,10 @@ class SandboxService:
             pooled=pooled,
         )
         async with self.lock(rec.id):
-            await self.repo.add_sandbox(rec)
+            try:
+                await self.repo.add_sandbox(rec)
+            finally:  # from here on the row keeps the version in use
+                self.templates.release(template.name, template.version)
             spec = SandboxSpec(
                 sandbox_id=rec.id,
                 template=rec.template,
@@ -213,11 +236,12 @@ class SandboxService:
                 disk_mib=rec.disk_mib,
                 hostname=rec.id,
                 labels=rec.labels,
+                network=self.network_policy(req),
             )
             shape = PrebootShape(
                 runtime.name,
                 template.name,
-                str(template.created_at),
+                template.stamp,
                 rec.vcpus,
                 rec.memory_mib,
                 rec.disk_mib,
@@ -270,7 +294,14 @@ class SandboxService:
         )
         if prebootable and snapshot is None:
             self.preboots.ensure(runtime, shape, spec)
-        await self.repo.record_event("create", rec.id, owner, template=rec.template, pooled=pooled)
+        await self.repo.record_event(
+            "create",
+            rec.id,
+            owner,
+            template=rec.template,
+            template_version=template.version,
+            pooled=pooled,
+        )
         return rec
 
     async def _discard(self, sandbox_id: str, runtime_name: str) -> None:

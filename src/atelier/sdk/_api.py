@@ -51,6 +51,7 @@ __all__ = [
     "process_events",
     "pty_params",
     "read_file",
+    "record_event",
     "remove_file",
     "rename",
     "resume_sandbox",
@@ -110,6 +111,7 @@ def create_sandbox(
     env: Mapping[str, str] | None,
     labels: Mapping[str, str] | None,
     timeout: int | None,
+    network: Mapping[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {
         "template": template,
@@ -122,6 +124,8 @@ def create_sandbox(
     }
     if runtime is not None:
         body["runtime"] = runtime
+    if network is not None:
+        body["network"] = dict(network)
     return Call("POST", "/v1/sandboxes", _sandbox, json=body)
 
 
@@ -132,6 +136,7 @@ def create_workspace(
     devcontainer: str | None,
     depth: int | None,
     credentials: GitAuth | None,
+    secret: str | None,
     local_env: Mapping[str, str] | None,
     runtime: str | None,
     vcpus: int,
@@ -140,12 +145,14 @@ def create_workspace(
     env: Mapping[str, str] | None,
     labels: Mapping[str, str] | None,
     timeout: int | None,
+    network: Mapping[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {
         "repo": repo,
         "ref": ref,
         "devcontainer": devcontainer,
         "depth": depth,
+        "secret": secret,
         "local_env": dict(local_env or {}),
         "vcpus": vcpus,
         "memory_mib": memory_mib,
@@ -158,6 +165,8 @@ def create_workspace(
         body["credentials"] = credentials.to_json()
     if runtime is not None:
         body["runtime"] = runtime
+    if network is not None:
+        body["network"] = dict(network)
     return Call("POST", "/v1/workspaces", _sandbox, json=body)
 
 
@@ -169,8 +178,11 @@ def git_clone(
     ref: str | None,
     depth: int | None,
     credentials: GitAuth | None,
+    secret: str | None = None,
 ) -> Call[dict[str, Any]]:
-    body: dict[str, Any] = {"repo": repo, "path": path, "ref": ref, "depth": depth}
+    body: dict[str, Any] = {
+        "repo": repo, "path": path, "ref": ref, "depth": depth, "secret": secret,
+    }  # fmt: skip
     if credentials is not None:
         body["credentials"] = credentials.to_json()
     return Call("POST", f"{_sb(sandbox_id)}/git/clone", lambda r: dict(r.json()), json=body)
@@ -184,8 +196,9 @@ def git_sync(
     remote: str,
     branch: str | None,
     credentials: GitAuth | None,
+    secret: str | None = None,
 ) -> Call[dict[str, Any]]:
-    body: dict[str, Any] = {"path": path, "remote": remote, "branch": branch}
+    body: dict[str, Any] = {"path": path, "remote": remote, "branch": branch, "secret": secret}
     if credentials is not None:
         body["credentials"] = credentials.to_json()
     path_ = f"{_sb(sandbox_id)}/git/{direction}"
@@ -237,6 +250,11 @@ def set_timeout(sandbox_id: str, seconds: int | None) -> Call[SandboxInfo]:
 def sandbox_logs(sandbox_id: str, tail: int | None = None) -> Call[str]:
     params: Params = [] if tail is None else [("tail", str(int(tail)))]
     return Call("GET", f"{_sb(sandbox_id)}/logs", lambda r: r.text, params=params)
+
+
+def record_event(sandbox_id: str, kind: str, detail: Mapping[str, Any]) -> Call[None]:
+    body = {"kind": kind, "detail": dict(detail)}
+    return Call("POST", f"{_sb(sandbox_id)}/events", parse_none, json=body)
 
 
 def server_info() -> Call[dict[str, Any]]:

@@ -167,17 +167,26 @@ class _GitBase:
         remote: str,
         branch: str | None,
         auth: GitAuth | None,
+        secret: str | None,
     ) -> Call[dict[str, Any]]:
         return api.git_sync(
-            self._sandbox_id, direction, path=path, remote=remote, branch=branch, credentials=auth
-        )
+            self._sandbox_id, direction, path=path, remote=remote, branch=branch,
+            credentials=auth, secret=secret,
+        )  # fmt: skip
 
     def _clone_call(
-        self, repo: str, path: str | None, ref: str | None, depth: int | None, auth: GitAuth | None
+        self,
+        repo: str,
+        path: str | None,
+        ref: str | None,
+        depth: int | None,
+        auth: GitAuth | None,
+        secret: str | None,
     ) -> Call[dict[str, Any]]:
         return api.git_clone(
-            self._sandbox_id, repo=repo, path=path, ref=ref, depth=depth, credentials=auth
-        )
+            self._sandbox_id, repo=repo, path=path, ref=ref, depth=depth, credentials=auth,
+            secret=secret,
+        )  # fmt: skip
 
 
 class Git(_GitBase):
@@ -198,10 +207,11 @@ class Git(_GitBase):
         ref: str | None = None,
         depth: int | None = 1,
         auth: GitAuth | None = None,
+        secret: str | None = None,
     ) -> dict[str, Any]:
         """Clone ``repo`` into ``path`` (default: the workspace folder, or
         ``/workspaces/<name>``); returns ``{"path", "commit", "branch"}``."""
-        return self._http.call(self._clone_call(repo, path, ref, depth, auth))
+        return self._http.call(self._clone_call(repo, path, ref, depth, auth, secret))
 
     def status(self, path: str | None = None) -> GitStatus:
         return parse_status(self._git(["status", "--porcelain=v1", "--branch"], path))
@@ -235,10 +245,11 @@ class Git(_GitBase):
         branch: str | None = None,
         *,
         auth: GitAuth | None = None,
+        secret: str | None = None,
         path: str | None = None,
     ) -> GitSyncResult:
         """Fetch ``branch`` (default: the current one) and fast-forward to it."""
-        call = self._sync_call("pull", path, remote, branch, auth)
+        call = self._sync_call("pull", path, remote, branch, auth, secret)
         return GitSyncResult.from_json(self._http.call(call))
 
     def push(
@@ -247,10 +258,11 @@ class Git(_GitBase):
         branch: str | None = None,
         *,
         auth: GitAuth | None = None,
+        secret: str | None = None,
         path: str | None = None,
     ) -> GitSyncResult:
         """Push ``branch`` (default: the current one); Conflict if the remote moved on."""
-        call = self._sync_call("push", path, remote, branch, auth)
+        call = self._sync_call("push", path, remote, branch, auth, secret)
         return GitSyncResult.from_json(self._http.call(call))
 
 
@@ -274,8 +286,9 @@ class AsyncGit(_GitBase):
         ref: str | None = None,
         depth: int | None = 1,
         auth: GitAuth | None = None,
+        secret: str | None = None,
     ) -> dict[str, Any]:
-        return await self._http.call(self._clone_call(repo, path, ref, depth, auth))
+        return await self._http.call(self._clone_call(repo, path, ref, depth, auth, secret))
 
     async def status(self, path: str | None = None) -> GitStatus:
         return parse_status(await self._git(["status", "--porcelain=v1", "--branch"], path))
@@ -308,9 +321,10 @@ class AsyncGit(_GitBase):
         branch: str | None = None,
         *,
         auth: GitAuth | None = None,
+        secret: str | None = None,
         path: str | None = None,
     ) -> GitSyncResult:
-        call = self._sync_call("pull", path, remote, branch, auth)
+        call = self._sync_call("pull", path, remote, branch, auth, secret)
         return GitSyncResult.from_json(await self._http.call(call))
 
     async def push(
@@ -319,7 +333,8 @@ class AsyncGit(_GitBase):
         branch: str | None = None,
         *,
         auth: GitAuth | None = None,
+        secret: str | None = None,
         path: str | None = None,
     ) -> GitSyncResult:
-        call = self._sync_call("push", path, remote, branch, auth)
+        call = self._sync_call("push", path, remote, branch, auth, secret)
         return GitSyncResult.from_json(await self._http.call(call))

@@ -19,7 +19,7 @@ import builtins
 import dataclasses
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -27,10 +27,19 @@ from atelier.errors import AtelierError, InvalidRequest, SandboxNotFound
 from atelier.sdk import _api as api
 from atelier.sdk._base import DEFAULT_REQUEST_TIMEOUT, Call, ConnectionConfig
 from atelier.sdk._http import AsyncHttp, SyncHttp
+from atelier.sdk.code import (
+    AsyncCodeInterpreter,
+    CodeInterpreter,
+    ErrorHandler,
+    Execution,
+    ResultHandler,
+    TextHandler,
+)
 from atelier.sdk.commands import AsyncCommands, Commands
 from atelier.sdk.files import AsyncFiles, Files
 from atelier.sdk.git import AsyncGit, Git
 from atelier.sdk.models import GitAuth, SandboxInfo, SandboxState
+from atelier.sdk.ports import AsyncPorts, Ports
 from atelier.sdk.pty import AsyncPty, Pty
 
 __all__ = ["AsyncSandbox", "Sandbox"]
@@ -45,6 +54,7 @@ def _create_call(
     ref: str | None,
     devcontainer: str | None,
     git_auth: GitAuth | None,
+    git_secret: str | None,
     depth: int | None,
     local_env: Mapping[str, str] | None,
     runtime: str | None,
@@ -54,18 +64,20 @@ def _create_call(
     env: Mapping[str, str] | None,
     labels: Mapping[str, str] | None,
     timeout: int | None,
+    network: Mapping[str, Any] | None,
 ) -> Call[SandboxInfo]:
     if repo is None:
-        if ref is not None or devcontainer is not None or git_auth is not None:
-            raise InvalidRequest("ref, devcontainer and git_auth need repo=")
+        if any(x is not None for x in (ref, devcontainer, git_auth, git_secret)):
+            raise InvalidRequest("ref, devcontainer, git_auth and git_secret need repo=")
         return api.create_sandbox(
             template=template, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
-            disk_mib=disk_mib, env=env, labels=labels, timeout=timeout,
+            disk_mib=disk_mib, env=env, labels=labels, timeout=timeout, network=network,
         )  # fmt: skip
     return api.create_workspace(
         repo=repo, ref=ref, devcontainer=devcontainer, depth=depth, credentials=git_auth,
+        secret=git_secret,
         local_env=local_env, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
-        disk_mib=disk_mib, env=env, labels=labels, timeout=timeout,
+        disk_mib=disk_mib, env=env, labels=labels, timeout=timeout, network=network,
     )  # fmt: skip
 
 
@@ -82,7 +94,9 @@ class Sandbox:
         self.commands = Commands(http, info.id)
         self.files = Files(http, info.id)
         self.pty = Pty(http.config, info.id)
+        self.ports = Ports(http, info.id)
         self.git = Git(http, self.commands, info)
+        self.code = CodeInterpreter(http, info.id)  # contexts; run_code is the shortcut
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r}, state={self._info.state!r})"
@@ -108,10 +122,12 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         runtime: str | None = None,
+        network: Mapping[str, Any] | None = None,
         repo: str | None = None,
         ref: str | None = None,
         devcontainer: str | None = None,
         git_auth: GitAuth | None = None,
+        git_secret: str | None = None,
         depth: int | None = 1,
         local_env: Mapping[str, str] | None = None,
         api_url: str | None = None,
@@ -122,8 +138,10 @@ class Sandbox:
         """Create and start a sandbox; ``timeout`` seconds until it is stopped (None = never).
 
         With ``repo`` it is a workspace: the server clones ``repo`` at ``ref``
-        (``git_auth`` for private repositories), uses its ``devcontainer.json``
-        (``devcontainer`` picks one of several) for the image, resources,
+        (with ``git_auth``, or the stored secret ``git_secret``, or else your
+        stored secret for the repository's host: :class:`~atelier.sdk.Secrets`),
+        uses its ``devcontainer.json`` (``devcontainer`` picks one of several)
+        for the image, resources,
         environment and lifecycle commands, and returns once the commands up to
         ``waitFor`` ran; ``template`` is then ignored. ``request_timeout``
         defaults to 30 minutes for this call (an image may be pulled or built).
@@ -132,8 +150,8 @@ class Sandbox:
             request_timeout = WORKSPACE_REQUEST_TIMEOUT
         http = cls._open_http(api_url, token, request_timeout, transport)
         call = _create_call(
-            template, repo, ref, devcontainer, git_auth, depth, local_env,
-            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout,
+            template, repo, ref, devcontainer, git_auth, git_secret, depth, local_env,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network,
         )  # fmt: skip
         try:
             return cls(http.call(call), http)
@@ -219,6 +237,29 @@ class Sandbox:
         """The sandbox's runtime + agent log (last ``tail`` lines)."""
         return self._http.call(api.sandbox_logs(self.id, tail))
 
+    def run_code(
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        context: str | None = None,
+        timeout: float | None = 60.0,
+        on_stdout: TextHandler | None = None,
+        on_stderr: TextHandler | None = None,
+        on_result: ResultHandler | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> Execution:
+        """Run a cell in a stateful kernel (``python``, ``javascript``, ``bash``);
+        see :mod:`atelier.sdk.code` (contexts: ``sandbox.code``)."""
+        return self.code.run(
+            code, language=language, context=context, timeout=timeout, on_stdout=on_stdout,
+            on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+        )  # fmt: skip
+
+    def record_event(self, kind: str, detail: Mapping[str, Any] | None = None) -> None:
+        """Add an entry to the sandbox's audit trail (stored as ``client.<kind>``)."""
+        self._http.call(api.record_event(self.id, kind, detail or {}))
+
     def kill(self) -> bool:
         """Delete the sandbox; ``False`` if it was already gone."""
         try:
@@ -262,7 +303,9 @@ class AsyncSandbox:
         self.commands = AsyncCommands(http, info.id)
         self.files = AsyncFiles(http, info.id)
         self.pty = AsyncPty(http.config, info.id)
+        self.ports = AsyncPorts(http, info.id)
         self.git = AsyncGit(http, self.commands, info)
+        self.code = AsyncCodeInterpreter(http, info.id)
 
     def __repr__(self) -> str:
         return f"AsyncSandbox(id={self.id!r}, state={self._info.state!r})"
@@ -288,10 +331,12 @@ class AsyncSandbox:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         runtime: str | None = None,
+        network: Mapping[str, Any] | None = None,
         repo: str | None = None,
         ref: str | None = None,
         devcontainer: str | None = None,
         git_auth: GitAuth | None = None,
+        git_secret: str | None = None,
         depth: int | None = 1,
         local_env: Mapping[str, str] | None = None,
         api_url: str | None = None,
@@ -304,8 +349,8 @@ class AsyncSandbox:
             request_timeout = WORKSPACE_REQUEST_TIMEOUT
         http = cls._open_http(api_url, token, request_timeout, transport)
         call = _create_call(
-            template, repo, ref, devcontainer, git_auth, depth, local_env,
-            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout,
+            template, repo, ref, devcontainer, git_auth, git_secret, depth, local_env,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network,
         )  # fmt: skip
         try:
             return cls(await http.call(call), http)
@@ -385,6 +430,27 @@ class AsyncSandbox:
 
     async def logs(self, tail: int | None = None) -> str:
         return await self._http.call(api.sandbox_logs(self.id, tail))
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        context: str | None = None,
+        timeout: float | None = 60.0,
+        on_stdout: TextHandler | None = None,
+        on_stderr: TextHandler | None = None,
+        on_result: ResultHandler | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> Execution:
+        """The async :meth:`Sandbox.run_code` (handlers may be coroutine functions)."""
+        return await self.code.run(
+            code, language=language, context=context, timeout=timeout, on_stdout=on_stdout,
+            on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+        )  # fmt: skip
+
+    async def record_event(self, kind: str, detail: Mapping[str, Any] | None = None) -> None:
+        await self._http.call(api.record_event(self.id, kind, detail or {}))
 
     async def kill(self) -> bool:
         try:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select, update
 from ..core.models import SandboxRecord, SandboxState, TokenRecord
 from ..errors import SandboxNotFound
 from .db import Database
-from .tables import EventRow, SandboxLabelRow, SandboxRow, TokenRow
+from .tables import EventRow, OperationRow, SandboxLabelRow, SandboxRow, TokenRow
 
 __all__ = ["Repository", "utcnow"]
 
@@ -256,3 +256,126 @@ class Repository:
                 )
             ).first()
         return row is not None
+
+    # -- templates in use ------------------------------------------------------
+    async def template_usage(self, template: str) -> tuple[list[str], set[int] | None]:
+        """(ids of the sandboxes, in any state but deleted, made from ``template``;
+        the template versions they are pinned to). The versions are None when a
+        sandbox's version is not known yet (it is being created, or it predates
+        versioned templates): the caller then keeps every version."""
+        async with self.db.session() as s:
+            ids = list(
+                (
+                    await s.scalars(
+                        select(SandboxRow.id)
+                        .where(SandboxRow.template == template)
+                        .where(SandboxRow.state != SandboxState.DELETED.value)
+                        .order_by(SandboxRow.created_at)
+                    )
+                ).all()
+            )
+            if not ids:
+                return [], set()
+        pins = await self.template_pins(ids)
+        if any(sid not in pins for sid in ids):
+            return ids, None
+        return ids, set(pins.values())
+
+    async def template_pins(self, sandbox_ids: list[str]) -> dict[str, int]:
+        """The template version each sandbox was created from, as its ``create``
+        event recorded it (sandboxes without one are left out)."""
+        if not sandbox_ids:
+            return {}
+        async with self.db.session() as s:
+            rows = (
+                await s.scalars(
+                    select(EventRow).where(
+                        EventRow.kind == "create", EventRow.sandbox_id.in_(sandbox_ids)
+                    )
+                )
+            ).all()
+        pins: dict[str, int] = {}
+        for row in rows:
+            version = (row.detail or {}).get("template_version")
+            if isinstance(version, int) and row.sandbox_id is not None:
+                pins[row.sandbox_id] = version
+        return pins
+
+    # -- operations ------------------------------------------------------------
+    @staticmethod
+    def _operation(row: OperationRow) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "kind": row.kind,
+            "target": row.target,
+            "state": row.state,
+            "owner": row.owner,
+            "error": dict(row.error) if row.error else None,
+            "result": dict(row.result) if row.result else None,
+            "created_at": _utc(row.created_at),
+            "finished_at": _utc(row.finished_at),
+        }
+
+    async def add_operation(
+        self, op_id: str, kind: str, target: str, owner: str | None
+    ) -> dict[str, Any]:
+        async with self.db.session() as s, s.begin():
+            row = OperationRow(
+                id=op_id,
+                kind=kind,
+                target=target,
+                state="running",
+                owner=owner,
+                created_at=utcnow(),
+            )
+            s.add(row)
+            await s.flush()
+            return self._operation(row)
+
+    async def get_operation(self, op_id: str) -> dict[str, Any] | None:
+        async with self.db.session() as s:
+            row = await s.get(OperationRow, op_id)
+            return None if row is None else self._operation(row)
+
+    async def list_operations(
+        self, owner: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first; only ``owner``'s when given."""
+        q = select(OperationRow).order_by(OperationRow.created_at.desc()).limit(limit)
+        if owner is not None:
+            q = q.where(OperationRow.owner == owner)
+        async with self.db.session() as s:
+            return [self._operation(r) for r in (await s.scalars(q)).all()]
+
+    async def finish_operation(
+        self,
+        op_id: str,
+        state: str,
+        *,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        async with self.db.session() as s, s.begin():
+            row = await s.get(OperationRow, op_id)
+            if row is None:
+                raise KeyError(op_id)
+            row.state, row.error, row.result = state, error, result
+            row.finished_at = utcnow()
+            await s.flush()
+            return self._operation(row)
+
+    async def fail_running_operations(self, error: dict[str, Any]) -> list[str]:
+        """Mark every ``running`` operation failed (at start-up: none can still run)."""
+        async with self.db.session() as s, s.begin():
+            ids = list(
+                (
+                    await s.scalars(select(OperationRow.id).where(OperationRow.state == "running"))
+                ).all()
+            )
+            if ids:
+                await s.execute(
+                    update(OperationRow)
+                    .where(OperationRow.id.in_(ids))
+                    .values(state="failed", error=error, finished_at=utcnow())
+                )
+            return ids

@@ -8,7 +8,16 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "EventRow", "SandboxLabelRow", "SandboxRow", "TokenRow"]
+__all__ = [
+    "Base",
+    "EventRow",
+    "OperationRow",
+    "SSHKeyRow",
+    "SandboxLabelRow",
+    "SandboxRow",
+    "SecretRow",
+    "TokenRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -74,3 +83,56 @@ class EventRow(Base):
     actor: Mapped[str | None] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(50))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class OperationRow(Base):
+    """A long-running job (a template build or pull): see ``atelier.operations``."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class SecretRow(Base):
+    """A user's stored credential (a git host token or SSH key), encrypted at rest:
+    see ``core/secrets.py``. The value is never returned by the API."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (Index("ix_secrets_owner_name", "owner", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))  # git-token | ssh-key
+    host: Mapped[str | None] = mapped_column(String(255))  # the git host it is for, if any
+    username: Mapped[str | None] = mapped_column(String(200))
+    known_hosts: Mapped[str | None] = mapped_column(Text)  # not secret: SSH host keys
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class SSHKeyRow(Base):
+    """A public key registered by an API token for the SSH gateway (``atelier.sshgw``):
+    a login with it may reach the sandboxes that token may reach."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (
+        Index("ix_ssh_keys_owner_name", "owner", "name", unique=True),
+        Index("ix_ssh_keys_owner_fingerprint", "owner", "fingerprint", unique=True),
+        Index("ix_ssh_keys_fingerprint", "fingerprint"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32))  # the token id
+    name: Mapped[str] = mapped_column(String(100))
+    public_key: Mapped[str] = mapped_column(Text)  # OpenSSH one-line form, no comment
+    fingerprint: Mapped[str] = mapped_column(String(100))  # "SHA256:..."
+    created_at: Mapped[datetime]

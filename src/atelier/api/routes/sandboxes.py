@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -10,11 +11,20 @@ from fastapi.responses import PlainTextResponse
 from ...core.models import CreateRequest, SandboxState
 from ...errors import InvalidRequest
 from ..deps import Auth, Ctx
-from ..schemas import EventList, EventOut, SandboxCreate, SandboxList, SandboxOut, TimeoutBody
+from ..schemas import (
+    ClientEventIn,
+    EventList,
+    EventOut,
+    SandboxCreate,
+    SandboxList,
+    SandboxOut,
+    TimeoutBody,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+MAX_CLIENT_EVENT_BYTES = 8192
 
 
 def parse_labels(raw: list[str]) -> dict[str, str]:
@@ -38,6 +48,7 @@ async def create_sandbox(body: SandboxCreate, ctx: Ctx, principal: Auth) -> Sand
         env=body.env,
         labels=body.labels,
         timeout=body.timeout,
+        network=body.network.policy() if body.network else None,
     )
     return SandboxOut.of(await ctx.sandboxes.create(principal, req))
 
@@ -113,3 +124,19 @@ async def sandbox_events(
     await ctx.sandboxes.get(principal, sandbox_id)  # ownership check
     events = await ctx.repo.events(sandbox_id, limit=limit)
     return EventList(events=[EventOut.model_validate(e) for e in events])
+
+
+@router.post("/{sandbox_id}/events", status_code=204, response_class=Response)
+async def add_sandbox_event(
+    sandbox_id: str, body: ClientEventIn, ctx: Ctx, principal: Auth
+) -> Response:
+    """Append a client's entry (e.g. an MCP tool call) to the sandbox's audit trail,
+    as ``client.<kind>`` with the caller's token as actor; lifecycle kinds cannot
+    be forged."""
+    await ctx.sandboxes.get(principal, sandbox_id)  # ownership check
+    if len(json.dumps(body.detail, default=str)) > MAX_CLIENT_EVENT_BYTES:
+        raise InvalidRequest(f"an event's detail is limited to {MAX_CLIENT_EVENT_BYTES} bytes")
+    await ctx.repo.record_event(
+        f"client.{body.kind}", sandbox_id, principal.token_id, **body.detail
+    )
+    return Response(status_code=204)

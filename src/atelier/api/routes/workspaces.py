@@ -41,6 +41,7 @@ async def create_workspace(body: WorkspaceCreate, ctx: Ctx, principal: Auth) -> 
         devcontainer=body.devcontainer,
         depth=body.depth,
         credentials=_credentials(body.credentials),
+        secret=body.secret,
         local_env=body.local_env,
         runtime=body.runtime,
         vcpus=body.vcpus,
@@ -49,6 +50,7 @@ async def create_workspace(body: WorkspaceCreate, ctx: Ctx, principal: Auth) -> 
         env=body.env,
         labels=body.labels,
         timeout=body.timeout,
+        network=body.network.policy() if body.network else None,
     )
     # shielded: a client that hangs up must not leave a half-made workspace
     rec = await asyncio.shield(ctx.workspaces.create(principal, req))
@@ -68,6 +70,7 @@ async def git_clone(sandbox_id: str, body: GitCloneBody, ctx: Ctx, principal: Au
         ref=body.ref,
         depth=body.depth,
         credentials=_credentials(body.credentials),
+        secret=body.secret,
     )
     return GitCloneOut(**result)
 
@@ -83,6 +86,7 @@ async def _sync(
         remote=body.remote,
         branch=body.branch,
         credentials=_credentials(body.credentials),
+        secret=body.secret,
     )
     return GitSyncOut(
         remote=result.remote, branch=result.branch, commit=result.commit, updated=result.updated

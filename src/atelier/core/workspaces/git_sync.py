@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import GitCommandFailed, InvalidRequest
-from ...git import GitCredentials, parse_git_url
+from ...git import GitCredentials, GitUrl, parse_git_url
 from ...git.sync import check_branch, fetch_bundle, push_bundle
 from ..agent_client import AgentClient
 
-__all__ = ["SandboxRepo", "SyncResult", "pull", "push"]
+__all__ = ["SandboxRepo", "SyncResult", "pull", "push", "remote_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +73,18 @@ class SandboxRepo:
         await self.agent.run(argv=["rm", "-f", path], user="root")
 
 
-async def _remote_url(repo: SandboxRepo, remote: str) -> str:
+async def remote_url(repo: SandboxRepo, remote: str) -> GitUrl:
+    """The URL of ``remote`` in the sandbox's repository (untrusted: parsed)."""
     if not remote or remote.startswith("-") or any(c.isspace() for c in remote):
         raise InvalidRequest(f"{remote!r} is not a remote name")
-    return await repo.git("remote", "get-url", remote)
+    return parse_git_url(await repo.git("remote", "get-url", remote))
 
 
 async def push(
     repo: SandboxRepo, *, remote: str, branch: str | None, credentials: GitCredentials | None
 ) -> SyncResult:
     """Push ``branch`` (default: the current one) of the sandbox repository to ``remote``."""
-    url = parse_git_url(await _remote_url(repo, remote))
+    url = await remote_url(repo, remote)
     name = await repo.branch(branch)
     head = await repo.commit_of(f"refs/heads/{name}")
     if head is None:
@@ -126,7 +127,7 @@ async def pull(
     repo: SandboxRepo, *, remote: str, branch: str | None, credentials: GitCredentials | None
 ) -> SyncResult:
     """Fetch ``branch`` of ``remote`` on the host and fast-forward the sandbox's branch."""
-    url = parse_git_url(await _remote_url(repo, remote))
+    url = await remote_url(repo, remote)
     name = await repo.branch(branch)
     tracking = f"refs/remotes/{remote}/{name}"
     base = await repo.commit_of(tracking)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...git import GitCredentials
+from ...network import NetworkPolicy
 
 __all__ = ["WorkspaceRequest"]
 
@@ -25,6 +26,7 @@ class WorkspaceRequest:
     devcontainer: str | None = None
     depth: int | None = 1
     credentials: GitCredentials | None = None
+    secret: str | None = None  # a stored secret's name (else: the owner's secret for the host)
     local_env: dict[str, str] = field(default_factory=dict)
     runtime: str | None = None
     vcpus: int = 1
@@ -33,3 +35,4 @@ class WorkspaceRequest:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
+    network: NetworkPolicy | None = None

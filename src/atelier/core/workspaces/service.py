@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...errors import AtelierError, FileExists, InvalidRequest
+from ...errors import AtelierError, FileExists, InvalidRequest, RuntimeFailure
 from ...git import ClonedRepo, GitCredentials, GitUrl, clone, parse_git_url
 from ...images.store import read_manifest
 from ...workspaces import (
@@ -24,6 +24,7 @@ from ...workspaces import (
 )
 from ..auth import Principal
 from ..models import CreateRequest, SandboxRecord, SandboxState
+from ..secrets import SecretService
 from ..service import SandboxService
 from . import git_sync
 from .copy import copy_tree_into
@@ -69,10 +70,24 @@ def _start_steps(config: DevContainerConfig | None) -> list[LifecycleStep]:
 
 
 class WorkspaceService:
-    def __init__(self, sandboxes: SandboxService) -> None:
+    def __init__(self, sandboxes: SandboxService, secrets: SecretService | None = None) -> None:
         self.sandboxes = sandboxes
         self.settings = sandboxes.settings
+        self.secrets = secrets
         self._background: set[asyncio.Task[None]] = set()
+
+    async def _credentials(
+        self,
+        principal: Principal,
+        url: GitUrl,
+        given: GitCredentials | None,
+        secret: str | None,
+    ) -> GitCredentials | None:
+        """Inline credentials, else the named stored secret, else the caller's
+        stored secret for the URL's host (see ``core/secrets.py``)."""
+        if given is not None or self.secrets is None:
+            return given
+        return await self.secrets.credentials_for(principal.token_id, url, name=secret)
 
     @property
     def _staging_root(self) -> Path:
@@ -88,6 +103,7 @@ class WorkspaceService:
         setup log in its logs, and raises WorkspaceSetupFailed naming it.
         """
         url = parse_git_url(req.repo)
+        credentials = await self._credentials(principal, url, req.credentials, req.secret)
         staging = Path(tempfile.mkdtemp(prefix=".setup-", dir=self._staging_root))
         try:
             setup = SetupLog(staging / "setup.log")
@@ -98,7 +114,7 @@ class WorkspaceService:
                 repo_dir,
                 ref=req.ref,
                 depth=req.depth,
-                credentials=req.credentials,
+                credentials=credentials,
                 on_output=lambda line: setup.line("clone", line),
             )
             setup.line("clone", f"at {cloned.commit}")
@@ -175,6 +191,7 @@ class WorkspaceService:
             env=env,
             labels={**req.labels, WORKSPACE_LABEL: repo_folder_name(url)},
             timeout=req.timeout,
+            network=req.network,
         )
         self.sandboxes.validate(create)
         devcontainer = None
@@ -265,10 +282,12 @@ class WorkspaceService:
         ref: str | None,
         depth: int | None,
         credentials: GitCredentials | None,
+        secret: str | None = None,
     ) -> dict[str, Any]:
         """Clone ``repo`` on the host and copy the tree into a running sandbox at
         ``path`` (default ``/workspaces/<name>``), owned by its default user."""
         url = parse_git_url(repo)
+        credentials = await self._credentials(principal, url, credentials, secret)
         rec, agent = await self.sandboxes.agent(principal, sandbox_id)
         destination = path or f"/workspaces/{repo_folder_name(url)}"
         if not destination.startswith("/"):
@@ -301,6 +320,7 @@ class WorkspaceService:
         remote: str,
         branch: str | None,
         credentials: GitCredentials | None,
+        secret: str | None = None,
     ) -> SyncResult:
         """``git push`` or ``git pull`` (``direction``) of the repository at
         ``path`` (default: the workspace folder), done through the host."""
@@ -309,6 +329,8 @@ class WorkspaceService:
         if not folder:
             raise InvalidRequest("this sandbox is not a workspace: give the repository's path")
         repo = SandboxRepo(agent, folder, rec.default_user)
+        url = await git_sync.remote_url(repo, remote)
+        credentials = await self._credentials(principal, url, credentials, secret)
         sync = git_sync.push if direction == "push" else git_sync.pull
         result = await sync(repo, remote=remote, branch=branch, credentials=credentials)
         await self.sandboxes.repo.record_event(
@@ -336,6 +358,22 @@ class WorkspaceService:
         task = asyncio.get_running_loop().create_task(self._run_later(rec, runner, steps, setup))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def recover(self) -> None:
+        """At server start: a workspace whose setup was cut short by a restart
+        is marked failed (and, if it never became usable, stopped in state
+        ``error``), with a line in its setup log saying so."""
+        for rec in await self.sandboxes.repo.list_sandboxes():
+            status = (rec.workspace or {}).get("status")
+            if status not in ("setting_up", "ready_pending"):
+                continue
+            setup = SetupLog(setup_log_path(self.settings.data_dir, rec.id))
+            message = "the server restarted while the workspace was being set up"
+            if status == "setting_up":
+                await self._fail(rec, RuntimeFailure(message), setup)
+            else:
+                setup.line("setup", f"{message}; the remaining lifecycle steps did not run")
+                await self._update(rec, status="failed")
 
     async def close(self) -> None:
         """Cancel lifecycle steps still running in the background (server shutdown)."""
