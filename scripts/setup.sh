@@ -90,6 +90,9 @@ deps() {
 
 test_deps() {
     install_packages "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    # the TypeScript SDK's tests need Node >= 20 with npm; a machine that has a
+    # Node.js keeps it (Debian 12's own nodejs is 18: its tests then fail in CI)
+    command -v node >/dev/null 2>&1 || install_packages nodejs npm
     install_venv
 }
 

@@ -23,6 +23,7 @@ import pytest
 
 from atelier.agent import bootstrap
 from atelier.config import Settings
+from atelier.core.agent_client import AgentClient
 from atelier.errors import InvalidRequest, RuntimeFailure
 from atelier.images.store import TemplateInfo
 from atelier.runtimes.base import Capability, Runtime, RuntimeState, SandboxSpec
@@ -138,7 +139,9 @@ async def sh(rt: GVisorRuntime, sid: str, script: str) -> str:
 
 def test_conforms_to_protocol(runtime: GVisorRuntime) -> None:
     assert isinstance(runtime, Runtime)
-    assert runtime.capabilities() == Capability.PAUSE | Capability.PERSISTENT_DISK
+    assert runtime.capabilities() == (
+        Capability.PAUSE | Capability.PERSISTENT_DISK | Capability.NETWORK
+    )
     assert "platform" in runtime.availability().reason
 
 
@@ -174,8 +177,9 @@ async def test_agent_socket_appears(settings: Settings, rootfs: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert sock.exists(), rt.log_path(sid).read_text(errors="replace")[-2000:]
-        _reader, writer = await asyncio.open_unix_connection(str(sock))
-        writer.close()
+        # the file appears when the agent binds, a moment before it listens
+        async with await AgentClient.connect(sock, timeout=30) as agent:
+            assert (await agent.ping()).pid == 1
     finally:
         await rt.destroy(sid)
     assert_no_trace(rt, sid)
