@@ -28,6 +28,7 @@ import of Atelier: this file is copied into the sandbox as is.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import contextlib
@@ -169,7 +170,7 @@ class MarkerScanner:
 # -- kernels -----------------------------------------------------------------------------
 
 
-class Context:
+class Context(abc.ABC):
     language = ""
 
     def __init__(self, name: str, cwd: str, state_dir: str) -> None:
@@ -190,25 +191,28 @@ class Context:
             "alive": self.alive(),
         }
 
+    @abc.abstractmethod
     def alive(self) -> bool:
-        raise NotImplementedError
+        """Whether the context's kernel process runs."""
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Start the kernel (its state starts empty)."""
 
+    @abc.abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the kernel and everything it started."""
 
     async def restart(self) -> None:
         await self.stop()
         self.execution_count = 0
         await self.start()
 
+    @abc.abstractmethod
     async def execute(
         self, code: str, timeout: float | None, send: Send, gone: asyncio.Event
     ) -> dict[str, Any]:
         """Run one cell, sending its events; returns the ``end`` event."""
-        raise NotImplementedError
 
 
 async def _wait_any(*aws: Awaitable[Any], timeout: float | None) -> None:
