@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
 
-def skip_unless_ci(reason: str) -> None:
+def skip_unless_ci(reason: str) -> NoReturn:
     """Skip on a developer's machine that cannot run this; fail in CI, which must.
 
     CI installs everything the suite needs (``scripts/setup.sh test-deps``), so a

@@ -90,6 +90,9 @@ class ProcessRuntime:
     def agent_socket(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "run" / bootstrap.SOCKET_NAME
 
+    async def aclose(self) -> None:
+        """Nothing runs in the background."""
+
     def info(self, sandbox_id: str) -> dict[str, str]:
         return {"isolation": "none (unit tests)"}
 

@@ -112,10 +112,8 @@ def create_app(
             await service.preboots.close()
             await reconciler.stop()
             await agents.close_all()
-            for runtime in registry.all():  # background work of runtimes that have some
-                closer = getattr(runtime, "aclose", None)
-                if closer is not None:
-                    await closer()
+            for runtime in registry.all():
+                await runtime.aclose()
             await db.close()
             await reaper.stop()
 

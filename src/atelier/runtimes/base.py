@@ -110,3 +110,6 @@ class Runtime(Protocol):
 
     def info(self, sandbox_id: str) -> dict[str, Any]:
         """How this sandbox runs, for display (e.g. ``{"accel": "tcg", "kernel_version": ...}``)."""
+
+    async def aclose(self) -> None:
+        """Stop the runtime's own background work (server shutdown); sandboxes keep running."""

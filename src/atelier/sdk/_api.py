@@ -101,6 +101,32 @@ def _file_info(response: httpx.Response) -> FileInfo:
 # -- sandboxes ---------------------------------------------------------------
 
 
+def _shape(
+    runtime: str | None,
+    vcpus: int,
+    memory_mib: int,
+    disk_mib: int,
+    env: Mapping[str, str] | None,
+    labels: Mapping[str, str] | None,
+    timeout: int | None,
+    network: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The body fields a sandbox and a workspace request share."""
+    body: dict[str, Any] = {
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "disk_mib": disk_mib,
+        "env": dict(env or {}),
+        "labels": dict(labels or {}),
+        "timeout": timeout,
+    }
+    if runtime is not None:
+        body["runtime"] = runtime
+    if network is not None:
+        body["network"] = dict(network)
+    return body
+
+
 def create_sandbox(
     *,
     template: str,
@@ -113,19 +139,10 @@ def create_sandbox(
     timeout: int | None,
     network: Mapping[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
-    body: dict[str, Any] = {
+    body = {
         "template": template,
-        "vcpus": vcpus,
-        "memory_mib": memory_mib,
-        "disk_mib": disk_mib,
-        "env": dict(env or {}),
-        "labels": dict(labels or {}),
-        "timeout": timeout,
+        **_shape(runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network),
     }
-    if runtime is not None:
-        body["runtime"] = runtime
-    if network is not None:
-        body["network"] = dict(network)
     return Call("POST", "/v1/sandboxes", _sandbox, json=body)
 
 
@@ -154,19 +171,10 @@ def create_workspace(
         "depth": depth,
         "secret": secret,
         "local_env": dict(local_env or {}),
-        "vcpus": vcpus,
-        "memory_mib": memory_mib,
-        "disk_mib": disk_mib,
-        "env": dict(env or {}),
-        "labels": dict(labels or {}),
-        "timeout": timeout,
+        **_shape(runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network),
     }
     if credentials is not None:
         body["credentials"] = credentials.to_json()
-    if runtime is not None:
-        body["runtime"] = runtime
-    if network is not None:
-        body["network"] = dict(network)
     return Call("POST", "/v1/workspaces", _sandbox, json=body)
 
 

@@ -5,11 +5,14 @@ answers ``--version`` and a KVM that can boot a standard guest) *and* the
 guest pieces exist: a ``vmlinux`` (``ATELIER_FIRECRACKER_KERNEL`` or the
 suite's ``<data dir>/kernels/``), an initramfs whose init starts the agent on
 vsock port ``AGENT_PORT`` (``ATELIER_FIRECRACKER_INITRD``) and the ``base``
-template's raw ext4 image. Everywhere else
-every test is skipped with the reason ``availability()`` gives, e.g. on the
+template's raw ext4 image. Where the runtime is unavailable every test is
+skipped with the reason ``availability()`` gives (a limit of the host), e.g. on the
 development machines: "firecracker binary not found (set
 ATELIER_FIRECRACKER_BIN or put firecracker on PATH); kvm: /dev/kvm is a PVM
 host that cannot boot a standard guest".
+
+Where it is available but a guest piece is missing, the tests skip on a
+developer's machine and fail in CI (``skip_unless_ci``).
 
 The same checks as the QEMU runtime's: boot and exec through the agent,
 files, pause/resume, snapshot/restore, stop/start keeps the disk.
@@ -36,6 +39,7 @@ from atelier.images.store import TemplateInfo
 from atelier.runtimes.base import RuntimeState, SandboxSpec
 from atelier.runtimes.firecracker import AGENT_PORT, FirecrackerRuntime, template_disk
 from atelier.runtimes.firecracker.host import FirecrackerOptions, default_guest_boot
+from ci_support import skip_unless_ci
 
 
 def _availability() -> tuple[bool, str]:
@@ -68,15 +72,18 @@ def runtime(data_dir: Path, test_data_dir: Path, base_template: TemplateInfo) ->
     # the kernel: ATELIER_FIRECRACKER_KERNEL, else the suite's <data dir>/kernels/
     boot = default_guest_boot(Settings(data_dir=test_data_dir), FirecrackerOptions.from_env())
     if boot is None:
-        pytest.skip("no guest vmlinux (set ATELIER_FIRECRACKER_KERNEL or build the kernel)")
+        skip_unless_ci("no guest vmlinux (set ATELIER_FIRECRACKER_KERNEL or build the kernel)")
     if boot.initrd is None:
-        pytest.skip(
+        skip_unless_ci(
             "no guest initramfs (set ATELIER_FIRECRACKER_INITRD to one whose init starts "
             f"the agent on vsock port {AGENT_PORT})"
         )
     disk = template_disk(_spec(base_template, "probe"))
     if not disk.is_file():
-        pytest.skip(f"the base template has no raw disk image {disk} (built by images.diskimage)")
+        skip_unless_ci(
+            f"the base template has no raw disk image {disk} (built by images.diskimage)"
+        )
+    assert boot is not None and boot.initrd is not None  # skip_unless_ci did not return
     return FirecrackerRuntime(settings, guest_boot=lambda: boot)
 
 

@@ -4,6 +4,7 @@ contexts, the token, and no processes left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,10 +52,12 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p, pp in (line.split() for line in out.splitlines()[1:]) if int(pp) == pid]
 
 
-@pytest.fixture
-def gw(tmp_path: Path) -> Iterator[Gw]:
+@contextlib.contextmanager
+def running_gateway(tmp_path: Path, *python_flags: str) -> Iterator[Gw]:
+    """The gateway under this Python (``-I``, plus ``python_flags``), stopped and
+    checked for leftover kernels on exit."""
     proc = subprocess.Popen(
-        [sys.executable, "-I", str(GATEWAY)],
+        [sys.executable, "-I", *python_flags, str(GATEWAY)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=tmp_path,
@@ -81,6 +84,12 @@ def gw(tmp_path: Path) -> Iterator[Gw]:
                  Path(f"/proc/{k}/stat").read_bytes().split(b")")[-1][:3]]  # fmt: skip
         assert not alive, f"kernels left behind: {alive}"
         assert not (tmp_path / "state/gateway.json").exists()
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gw]:
+    with running_gateway(tmp_path) as gateway:
+        yield gateway
 
 
 def test_bash_keeps_cwd_variables_and_functions(gw: Gw, tmp_path: Path) -> None:
@@ -171,15 +180,11 @@ def test_javascript_keeps_state_returns_values_and_times_out(gw: Gw) -> None:
     assert result["data"]["text/plain"] == "41"
 
 
-def test_python_without_jupyter_says_which_template_to_use(gw: Gw) -> None:
-    try:
-        import jupyter_client  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("jupyter_client is installed here")
-    [failure] = gw.call({"op": "execute", "code": "1", "language": "python"})
-    assert failure["code"] == "invalid_request" and "code-interpreter" in failure["message"]
+def test_python_without_jupyter_says_which_template_to_use(tmp_path: Path) -> None:
+    # -S: no site-packages, so no jupyter_client whatever this host has installed
+    with running_gateway(tmp_path, "-S") as gw:
+        [failure] = gw.call({"op": "execute", "code": "1", "language": "python"})
+        assert failure["code"] == "invalid_request" and "code-interpreter" in failure["message"]
 
 
 def test_a_client_that_goes_away_interrupts_its_cell(gw: Gw, tmp_path: Path) -> None:

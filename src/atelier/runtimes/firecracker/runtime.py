@@ -160,6 +160,9 @@ class FirecrackerRuntime:
         )
 
     # -- capabilities / availability -----------------------------------------------
+    async def aclose(self) -> None:
+        """Nothing runs in the background."""
+
     def info(self, sandbox_id: str) -> dict[str, Any]:
         return {"vmm": "firecracker", "accel": "kvm"}
 

@@ -157,6 +157,9 @@ class QemuRuntime:
         if rootfs is not None:
             await asyncio.to_thread(ensure_base_disk, rootfs)
 
+    async def aclose(self) -> None:
+        """Nothing runs in the background."""
+
     def info(self, sandbox_id: str) -> dict[str, Any]:
         """What the sandbox runs on: accel, guest kernel, boot mode (for sandbox info)."""
         files = self.files(sandbox_id)
