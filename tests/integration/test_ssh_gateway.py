@@ -1,6 +1,7 @@
 """The SSH gateway against a real server and gVisor sandbox, with the real OpenSSH
 client (``ssh``, ``scp``, ``sftp``): exec and exit codes, PTY, file copies both ways,
-an SFTP batch, ``-L`` forwarding, refused logins, and no processes left behind."""
+an SFTP batch, ``-L``/``-R`` forwarding, agent forwarding (``-A`` with a real
+ssh-agent), refused logins, and no processes left behind."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -259,3 +263,188 @@ def test_sessions_are_audited(gw: Gateway) -> None:
     kinds = {e.get("session") for e in events if e["kind"] == "ssh.session"}
     assert "exec" in kinds
     assert all(e["key"] == "test" for e in events if e["kind"] == "ssh.session")
+
+
+def _in_sandbox_connect(port: int, payload: str) -> str:
+    """A shell command: connect from inside the sandbox, send ``payload``, print the answer."""
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('127.0.0.1',{port}),timeout=10)\n"
+        f"s.sendall(b'{payload}'); s.shutdown(socket.SHUT_WR)\n"
+        "data=b''\n"
+        "while (c:=s.recv(65536)): data+=c\n"
+        "sys.stdout.write(data.decode())\n"
+    )
+    return f"python3 -c {shlex.quote(code)}"
+
+
+class _EchoServer:
+    """A TCP server on the test's loopback answering ``echo:<what it read>``."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.peers: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.peers.append(peer[0])
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                conn.sendall(b"echo:" + data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_remote_port_forwarding(gw: Gateway) -> None:
+    echo = _EchoServer()
+    inside = 9876
+    proc = subprocess.Popen(
+        ["ssh", *gw.opts(), "-N", "-o", "ExitOnForwardFailure=yes",
+         "-R", f"{inside}:127.0.0.1:{echo.port}", f"{gw.sandbox_id}@127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            r = gw.ssh(_in_sandbox_connect(inside, "hello-from-the-sandbox"))
+            if r.returncode == 0:
+                out = r.stdout.decode()
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert out == "echo:hello-from-the-sandbox"
+        # several connections, one after the other and at once
+        r = gw.ssh(" & ".join(_in_sandbox_connect(inside, f"n{i}") for i in range(4)) + "; wait")
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.decode().replace("echo:", " ").split()) == [
+            "n0", "n1", "n2", "n3",
+        ]  # fmt: skip
+        assert set(echo.peers) == {"127.0.0.1"}  # the ssh client made the connections
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        echo.close()
+    # the listener inside the sandbox went away with the forward
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = gw.ssh(_in_sandbox_connect(inside, "x"))
+        if r.returncode != 0:
+            break
+        time.sleep(0.3)
+    assert r.returncode != 0 and b"ConnectionRefused" in r.stderr
+
+
+def test_remote_forward_on_a_taken_port_fails(gw: Gateway) -> None:
+    r = gw.ssh(
+        "(setsid python3 -m http.server 8766 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &); "
+        + _wait_port_cmd(8766)
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        r = subprocess.run(
+            ["ssh", *gw.opts(), "-N", "-o", "ExitOnForwardFailure=yes",
+             "-R", "8766:127.0.0.1:9", f"{gw.sandbox_id}@127.0.0.1"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 255
+        assert b"remote port forwarding failed" in r.stderr
+    finally:
+        gw.ssh("pkill -f 'http.server 8766'")
+
+
+def _wait_port_cmd(port: int) -> str:
+    return (
+        "for i in $(seq 50); do "
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' "
+        "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+    )
+
+
+def test_agent_forwarding(gw: Gateway) -> None:
+    if not shutil.which("ssh-agent") or not shutil.which("ssh-add"):
+        pytest.skip("needs ssh-agent and ssh-add")
+    # the host's ssh-add runs in the sandbox (the base template is the same Debian)
+    target = f"{gw.sandbox_id}@127.0.0.1"
+    up = subprocess.run(
+        ["scp", *gw.opts(port_flag="-P"), shutil.which("ssh-add") or "", f"{target}:ssh-add"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert gw.ssh("chmod +x ssh-add").returncode == 0
+    agent_key = _keygen(gw.tmp / "agent_key")
+    sock = gw.tmp / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(agent_key)], env=env, check=True, timeout=30)
+        fingerprint = subprocess.run(
+            ["ssh-keygen", "-l", "-f", f"{agent_key}.pub"], capture_output=True, check=True
+        ).stdout.split()[1]
+
+        def run(*flags: str, cmd: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                ["ssh", *gw.opts(), *flags, target, cmd],
+                capture_output=True, timeout=120, env=env,
+            )  # fmt: skip
+
+        r = run(
+            "-A",
+            cmd='echo "$SSH_AUTH_SOCK"; stat -c %U:%a "$(dirname "$SSH_AUTH_SOCK")"; ./ssh-add -l',
+        )
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.decode().splitlines()
+        assert lines[0].startswith("/dev/shm/atelier-ssh-") and lines[0].endswith("/agent.sock")
+        assert lines[1] == "user:700"
+        assert fingerprint.decode() in lines[2]
+        # without -A there is no socket, and the -A one went away with its connection
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = run(
+                "-a",
+                cmd='echo "[$SSH_AUTH_SOCK]"; ls -d /dev/shm/atelier-ssh-* 2>/dev/null | wc -l',
+            )
+            if r.stdout.decode().split() == ["[]", "0"]:
+                break
+            time.sleep(0.3)
+        assert r.stdout.decode().split() == ["[]", "0"], r.stdout
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_remote_forward_to_a_port_the_sandbox_picks(gw: Gateway) -> None:
+    echo = _EchoServer()
+    opts = ["LogLevel=INFO" if o == "LogLevel=ERROR" else o for o in gw.opts()]
+    proc = subprocess.Popen(
+        ["ssh", *opts, "-N", "-o", "ExitOnForwardFailure=yes",
+         "-R", f"0:127.0.0.1:{echo.port}", f"{gw.sandbox_id}@127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = ""
+        for line in proc.stderr:  # "Allocated port N for remote forward to ..."
+            if line.startswith("Allocated port "):
+                break
+        assert line.startswith("Allocated port "), line
+        port = int(line.split()[2])
+        r = gw.ssh(_in_sandbox_connect(port, "picked"))
+        assert r.returncode == 0 and r.stdout == b"echo:picked", r.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        echo.close()

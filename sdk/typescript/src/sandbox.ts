@@ -33,7 +33,10 @@ export interface NetworkPolicy {
   mode: "none" | "egress" | "open";
   allow?: string[];
   deny?: string[];
+  /** Both directions, Mbit/s (older form of `bandwidth`). */
   bandwidth_mbit?: number;
+  /** Mbit/s each way: `egress` from the sandbox, `ingress` to it; unset: unlimited. */
+  bandwidth?: { egress_mbit?: number; ingress_mbit?: number };
 }
 
 export interface SandboxCreateOptions extends ConnectionOptions {

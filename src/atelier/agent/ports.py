@@ -34,7 +34,7 @@ from .common import AgentError
 from .files import run_blocking
 from .protocol import Channel, Data, Eof, Stream
 
-__all__ = ["PORT_OPS", "listening_ports", "parse_proc_net"]
+__all__ = ["PORT_OPS", "listening_ports", "parse_proc_net", "relay_socket"]
 
 RELAY_CHUNK = 256 * 1024
 _LISTEN = "0A"
@@ -214,28 +214,35 @@ async def op_tcp_connect(stream: Stream, req: dict[str, Any]) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         await stream.send_msg({"type": "connected"})
-        upstream = asyncio.ensure_future(_socket_to_stream(reader, stream))
-        downstream = asyncio.ensure_future(_stream_to_socket(stream, writer))
-        try:
-            # Both directions end on their own EOF; if the host closes the stream
-            # (downstream ends without EOF), the socket read is cancelled too.
-            pending: set[asyncio.Future[bool]] = {upstream, downstream}
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(not fut.cancelled() and fut.exception() for fut in done):
-                    break
-                if downstream in done and not downstream.result():
-                    break  # closed by the host, not half-closed
-        finally:
-            for fut in (upstream, downstream):
-                fut.cancel()
-            for fut in (upstream, downstream):
-                with contextlib.suppress(BaseException):
-                    await fut
+        await relay_socket(stream, reader, writer)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+async def relay_socket(
+    stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Relay a connected socket and a stream until both directions ended (or one failed)."""
+    upstream = asyncio.ensure_future(_socket_to_stream(reader, stream))
+    downstream = asyncio.ensure_future(_stream_to_socket(stream, writer))
+    try:
+        # Both directions end on their own EOF; if the host closes the stream
+        # (downstream ends without EOF), the socket read is cancelled too.
+        pending: set[asyncio.Future[bool]] = {upstream, downstream}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(not fut.cancelled() and fut.exception() for fut in done):
+                break
+            if downstream in done and not downstream.result():
+                break  # closed by the host, not half-closed
+    finally:
+        for fut in (upstream, downstream):
+            fut.cancel()
+        for fut in (upstream, downstream):
+            with contextlib.suppress(BaseException):
+                await fut
 
 
 async def _socket_to_stream(reader: asyncio.StreamReader, stream: Stream) -> bool:

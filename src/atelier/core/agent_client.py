@@ -36,7 +36,9 @@ from atelier.agent.protocol import (
 from atelier.errors import AgentFailure, AtelierError, PortUnreachable, error_class_for
 
 __all__ = [
+    "Accepted",
     "AgentClient",
+    "AgentListener",
     "CommandResult",
     "Exit",
     "FileInfo",
@@ -436,6 +438,76 @@ class TcpTunnel:
         await self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A connection a listener inside the sandbox accepted; claim it with ``accept``."""
+
+    conn: str
+    peer_host: str
+    peer_port: int
+
+
+class AgentListener:
+    """A socket listening inside the sandbox (``AgentClient.listen_tcp``/``listen_unix``).
+
+    Iterating yields :class:`Accepted` connections until the listener ends;
+    :meth:`accept` turns one into a :class:`TcpTunnel` (unclaimed ones are closed
+    by the agent after a while). :meth:`close` stops listening (idempotent).
+    """
+
+    def __init__(self, conn: Connection, stream: Stream, body: dict[str, Any]) -> None:
+        self._conn = conn
+        self._stream = stream
+        self.id = str(body["id"])
+        self.port: int | None = body.get("port")
+        self.path: str | None = body.get("path")
+
+    def __aiter__(self) -> AgentListener:
+        return self
+
+    async def __anext__(self) -> Accepted:
+        with _errors():
+            while True:
+                event = await self._stream.recv()
+                if event is None:
+                    raise StopAsyncIteration
+                if isinstance(event, Msg) and event.body.get("type") == "accepted":
+                    body = event.body
+                    return Accepted(
+                        str(body["conn"]),
+                        str(body.get("peer_host") or ""),
+                        int(body.get("peer_port") or 0),
+                    )
+
+    async def accept(self, accepted: Accepted) -> TcpTunnel:
+        """Claim an accepted connection; raises :class:`PortUnreachable` if it is gone."""
+        with _errors():
+            stream = await self._conn.open("accept", listener=self.id, conn=accepted.conn)
+        try:
+            try:
+                body = await stream.recv_msg()
+            except RemoteError as exc:
+                cls = _TUNNEL_CODES.get(exc.code)
+                raise (cls(exc.message) if cls else _translate(exc)) from exc
+            except _PROTOCOL_ERRORS as exc:
+                raise _translate(exc) from exc
+            if body.get("type") != "connected":
+                raise AgentFailure(f"unexpected first message from the agent: {body!r}")
+        except BaseException:
+            await stream.close()
+            raise
+        return TcpTunnel(stream)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def __aenter__(self) -> AgentListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
 class PortWatch:
     """Live listening-port changes; ``ports`` holds the set at ``ready()`` time."""
 
@@ -800,6 +872,24 @@ class AgentClient:
             await stream.close()
             raise
         return TcpTunnel(stream)
+
+    async def _listen(self, **args: Any) -> AgentListener:
+        stream = await self._open("listen", **args)
+        try:
+            with _errors():
+                body = await stream.recv_msg()
+        except BaseException:
+            await stream.close()
+            raise
+        return AgentListener(self._conn, stream, body)
+
+    async def listen_tcp(self, port: int = 0, host: str = "127.0.0.1") -> AgentListener:
+        """Listen on ``host:port`` inside the sandbox (``0``: any free port, see ``.port``)."""
+        return await self._listen(kind="tcp", host=host, port=port)
+
+    async def listen_unix(self, user: str | None = None) -> AgentListener:
+        """Listen on a fresh unix socket inside the sandbox (``.path``) only ``user`` may use."""
+        return await self._listen(kind="unix", user=user)
 
     async def list_ports(self, owners: bool = True) -> list[ListeningPort]:
         """The listening TCP sockets inside the sandbox (with their process, if visible)."""

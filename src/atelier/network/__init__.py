@@ -6,6 +6,7 @@ and an egress policy enforced in nftables (see docs/network.md).
 ``netns``    the namespace and veth pair (``ip``)
 ``firewall`` the nftables table, generated as ``nft -f`` scripts
 ``dns``      resolvers for sandboxes, resolving policy domains
+``bandwidth`` per-direction rate limits (``tc`` tbf on the veth pair)
 ``manager``  NetworkManager: setup / teardown / reconcile / info
 """
 

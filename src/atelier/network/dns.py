@@ -3,9 +3,9 @@
 A sandbox in ``egress``/``open`` mode gets an ``/etc/resolv.conf`` naming the
 *upstream* resolvers: ``settings.network_dns`` if set, else the host's own
 ``nameserver`` lines (IPv4, not loopback). The firewall lets DNS (port 53)
-through to exactly those addresses. A host whose only resolver is a loopback
-stub (``127.0.0.53``) gives sandboxes no resolver: set ``network_dns`` (a
-forwarder on the gateway address is not built yet; see docs/network.md).
+through to exactly those addresses. A host whose only resolvers are loopback
+stubs (``127.0.0.53``) gets a forwarder instead (``dnsfwd.py``): sandboxes
+are told its address, and it relays to the stubs (:func:`plan`).
 
 Domain names in a policy are resolved on the host (``getaddrinfo``, IPv4)
 when the sandbox's network is set up, and again every
@@ -21,16 +21,27 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["host_nameservers", "resolv_conf", "resolve", "resolve_all", "upstreams"]
+__all__ = [
+    "DnsPlan",
+    "host_nameservers",
+    "plan",
+    "resolv_conf",
+    "resolve",
+    "resolve_all",
+    "upstreams",
+]
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 
 
-def host_nameservers(path: Path = HOST_RESOLV_CONF) -> list[ipaddress.IPv4Address]:
-    """IPv4 ``nameserver`` entries of ``path`` (loopback ones excluded: a
-    sandbox cannot reach the host's loopback)."""
+def host_nameservers(
+    path: Path = HOST_RESOLV_CONF, *, loopback: bool = False
+) -> list[ipaddress.IPv4Address]:
+    """IPv4 ``nameserver`` entries of ``path``: the non-loopback ones (a sandbox
+    cannot reach the host's loopback), or with ``loopback`` only the loopback ones."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -43,7 +54,9 @@ def host_nameservers(path: Path = HOST_RESOLV_CONF) -> list[ipaddress.IPv4Addres
                 ip = ipaddress.ip_address(words[1])
             except ValueError:
                 continue
-            if isinstance(ip, ipaddress.IPv4Address) and not ip.is_loopback and ip not in out:
+            if not isinstance(ip, ipaddress.IPv4Address) or ip.is_loopback != loopback:
+                continue
+            if ip not in out:
                 out.append(ip)
     return out
 
@@ -55,6 +68,35 @@ def upstreams(
     if configured:
         return [ipaddress.IPv4Address(x) for x in configured]
     return host_nameservers(path)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsPlan:
+    """What sandboxes are told (``nameservers``) and, when the forwarder is
+    needed, where it relays to (``forward_to``; empty: no forwarder)."""
+
+    nameservers: list[ipaddress.IPv4Address]
+    forward_to: list[ipaddress.IPv4Address]
+
+    @property
+    def forwarder(self) -> ipaddress.IPv4Address | None:
+        return self.nameservers[0] if self.forward_to else None
+
+
+def plan(
+    configured: Sequence[str],
+    forwarder_address: ipaddress.IPv4Address,
+    path: Path = HOST_RESOLV_CONF,
+) -> DnsPlan:
+    """``configured`` resolvers, else the host's reachable ones, else (only
+    loopback stubs on the host) the forwarder at ``forwarder_address``."""
+    direct = upstreams(configured, path)
+    if direct or configured:
+        return DnsPlan(direct, [])
+    stubs = host_nameservers(path, loopback=True)
+    if stubs:
+        return DnsPlan([forwarder_address], stubs)
+    return DnsPlan([], [])
 
 
 def resolv_conf(nameservers: Iterable[ipaddress.IPv4Address]) -> str:

@@ -10,7 +10,8 @@ with different tables do not step on each other)::
     table inet atelier
       set ifaces      { type ifname }              host veths of sandboxes
       map policies    { type ifname : verdict }    veth -> jump sb_<veth>
-      chain input     hook input, prio -10         from a sandbox veth: drop (replies excepted)
+      chain input     hook input, prio -10         from a sandbox veth: drop (replies, and DNS
+                                                   to the forwarder's address if any, excepted)
       chain forward   hook forward, prio -10       -> from_sandbox / to_sandbox
       chain to_sandbox                             only replies go in: no inbound connections
       chain from_sandbox                           IPv6, other sandboxes, the pool: drop;
@@ -126,14 +127,22 @@ def _declarations(cfg: FirewallConfig) -> list[str]:
     ]
 
 
-def base_script(cfg: FirewallConfig) -> str:
-    """The table with its shared chains, (re)filled atomically; keeps sandboxes' sets and maps."""
+def base_script(cfg: FirewallConfig, dns_forwarder: ipaddress.IPv4Address | None = None) -> str:
+    """The table with its shared chains, (re)filled atomically; keeps sandboxes' sets and maps.
+
+    ``dns_forwarder``: the host address of Atelier's DNS forwarder, whose port 53
+    (UDP and TCP) is then the one host service sandboxes reach."""
     t = f"inet {cfg.table}"
     lines = _declarations(cfg)
     for chain in ("input", "forward", "postrouting", "from_sandbox", "to_sandbox"):
         lines.append(f"flush chain {t} {chain}")
+    lines.append(f"add rule {t} input iifname @ifaces ct state established,related accept")
+    if dns_forwarder is not None:
+        lines.append(
+            f"add rule {t} input iifname @ifaces ip daddr {dns_forwarder} "
+            "meta l4proto { tcp, udp } th dport 53 accept"
+        )
     lines += [
-        f"add rule {t} input iifname @ifaces ct state established,related accept",
         f"add rule {t} input iifname @ifaces drop",
         f"add rule {t} forward iifname @ifaces jump from_sandbox",
         f"add rule {t} forward oifname @ifaces jump to_sandbox",

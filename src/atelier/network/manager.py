@@ -14,6 +14,11 @@ lease file.
 
 State: ``<state_dir>/leases.json`` (see ipam.py) and
 ``<state_dir>/sandboxes/<id>.json`` (policy + last resolved addresses).
+
+DNS: see ``dns.plan``. On a host whose resolvers are all loopback stubs the
+manager runs a :class:`DnsForwarder` on the pool's reserved address (the last
+/30's ``.2``, never leased, added to ``lo`` while the forwarder runs), from the
+first setup (or a reconcile that finds live sandboxes) until ``aclose``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidRequest, RuntimeFailure
-from . import dns, firewall, netns
+from . import bandwidth, dns, firewall, netns
+from .dnsfwd import DnsForwarder
 from .ipam import Ipam, Lease
 from .policy import NetworkPolicy
 from .shell import run
@@ -89,16 +95,27 @@ class NetworkManager:
         )
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._refresher: asyncio.Task[None] | None = None
+        self.host_resolv_conf = Path(settings.network_resolv_conf)
+        # the last /30 of the pool is never leased: its .2 is the DNS forwarder's
+        pool = self.ipam.pool
+        self.reserved = ipaddress.IPv4Network(f"{pool.broadcast_address - 3}/30")
+        self.dns_address = self.reserved.network_address + 2
+        self._forwarder: DnsForwarder | None = None
+        self._forwarder_lock = asyncio.Lock()
 
     # -- names ------------------------------------------------------------------------
     def host_ifname(self, sandbox_id: str) -> str:
         return netns.host_ifname(sandbox_id, self.ifname_prefix)
 
-    def nameservers(self) -> list[ipaddress.IPv4Address]:
+    def dns_plan(self) -> dns.DnsPlan:
         try:
-            return dns.upstreams(self.settings.network_dns)
+            return dns.plan(self.settings.network_dns, self.dns_address, self.host_resolv_conf)
         except ValueError as exc:
             raise InvalidRequest(f"network_dns: {exc}") from exc
+
+    def nameservers(self) -> list[ipaddress.IPv4Address]:
+        """The resolvers sandboxes are told (the forwarder's address, if it runs)."""
+        return self.dns_plan().nameservers
 
     def resolv_conf(self) -> str:
         """``/etc/resolv.conf`` content for a sandbox with an interface."""
@@ -120,28 +137,32 @@ class NetworkManager:
                 await self._teardown(sandbox_id)  # a policy changed to none
             return NetworkInfo(sandbox_id, "none")
         async with self._locked(sandbox_id):
-            nameservers = self.nameservers()
+            plan = self.dns_plan()
+            nameservers = plan.nameservers
             record = self._load_record(sandbox_id)
             previous = (
                 record.get("resolved", {}) if record.get("policy") == policy.to_json() else {}
             )
             in_use = await asyncio.to_thread(_host_networks)
-            lease = self.ipam.allocate(sandbox_id, in_use=in_use)
+            lease = self.ipam.allocate(sandbox_id, in_use=[*in_use, self.reserved])
             self._save_record(sandbox_id, policy, _as_ips(previous))
             ifs = self._interfaces(lease)
             try:
                 resolved = await dns.resolve_all(policy.domains(), _as_ips(previous))
                 self._save_record(sandbox_id, policy, resolved)
                 await netns.ensure(ifs)
+                await self._ensure_forwarder(plan)
+                resolvers = [] if plan.forwarder else nameservers  # the forwarder is local
                 await firewall.apply(
-                    firewall.base_script(self.firewall)
+                    firewall.base_script(self.firewall, plan.forwarder)
                     + firewall.sandbox_script(
-                        self.firewall, _rules(ifs, policy, resolved, nameservers)
+                        self.firewall, _rules(ifs, policy, resolved, resolvers)
                     )
                 )
                 _enable_forwarding()
-                if policy.bandwidth_mbit:
-                    await _limit_bandwidth(ifs, policy.bandwidth_mbit)
+                await bandwidth.apply(
+                    ifs.host_ifname, ifs.netns, netns.GUEST_IFNAME, policy.limits()
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self._teardown(sandbox_id)
@@ -194,6 +215,11 @@ class NetworkManager:
         for ifname in sorted(present - owned):
             if ifname.startswith(self.ifname_prefix):
                 await self._remove_rules(ifname)
+        if self.ipam.leases():  # sandboxes that outlived a server still need DNS
+            try:
+                await self._ensure_forwarder(self.dns_plan())
+            except Exception:
+                log.exception("cannot start the DNS forwarder")
         return sorted(set(gone))
 
     def info(self, sandbox_id: str) -> NetworkInfo | None:
@@ -215,6 +241,34 @@ class NetworkManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        async with self._forwarder_lock:
+            fwd, self._forwarder = self._forwarder, None
+            if fwd is not None:
+                await fwd.aclose()
+                await run(["ip", "addr", "del", f"{fwd.address}/32", "dev", "lo"], check=False)
+
+    # -- DNS forwarder ----------------------------------------------------------------
+    async def _ensure_forwarder(self, plan: dns.DnsPlan) -> None:
+        """Run the forwarder if ``plan`` needs one (and relay to its current upstreams)."""
+        if plan.forwarder is None:
+            return
+        async with self._forwarder_lock:
+            fwd = self._forwarder
+            if fwd is not None and fwd.running:
+                fwd.upstreams = list(plan.forward_to)
+                return
+            address = plan.forwarder
+            await run(["ip", "addr", "replace", f"{address}/32", "dev", "lo"])
+            fwd = DnsForwarder(address, plan.forward_to)
+            try:
+                await fwd.start()
+            except OSError as exc:
+                await run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
+                raise RuntimeFailure(
+                    f"cannot run the sandboxes' DNS forwarder on {address}:53 ({exc}); "
+                    "set network_dns to a resolver sandboxes can reach"
+                ) from exc
+            self._forwarder = fwd
 
     # -- domains ----------------------------------------------------------------------
     async def refresh_domains(self) -> int:
@@ -383,17 +437,3 @@ def _enable_forwarding() -> None:
             log.warning("enabled net.ipv4.ip_forward for sandbox networking")
     except OSError as exc:
         raise RuntimeFailure(f"cannot enable IPv4 forwarding: {exc}") from exc
-
-
-async def _limit_bandwidth(ifs: netns.Interfaces, mbit: int) -> None:
-    """Shape both directions with a token bucket: the host veth's egress is the
-    sandbox's download, the sandbox veth's egress (in its namespace) its upload."""
-    burst = max(32, mbit * 1000 // 8 // 100)  # ~10 ms worth, in KiB
-    for prefix in ([], ["-n", ifs.netns]):
-        dev = ifs.host_ifname if not prefix else netns.GUEST_IFNAME
-        await run(
-            [
-                "tc", *prefix, "qdisc", "replace", "dev", dev, "root", "tbf",
-                "rate", f"{mbit}mbit", "burst", f"{burst}kb", "latency", "50ms",
-            ]
-        )  # fmt: skip

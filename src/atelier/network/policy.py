@@ -16,6 +16,10 @@ In both modes an allow entry may re-open an always-denied *range* on
 purpose (e.g. ``169.254.169.254/32`` for a cloud metadata service); this
 host's own addresses and other sandboxes are never reachable (see
 ``firewall.py``). Deny always beats allow.
+
+Bandwidth: ``bandwidth = {"egress_mbit", "ingress_mbit"}`` limits each
+direction (``bandwidth.py``); ``bandwidth_mbit`` is the older shorthand for
+both, used for a direction the object leaves out.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from ..errors import InvalidRequest
+from .bandwidth import Limits
 
 __all__ = ["MAX_ENTRIES", "MODES", "Mode", "NetworkPolicy", "is_domain", "parse_cidr"]
 
@@ -98,6 +103,8 @@ class NetworkPolicy:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     bandwidth_mbit: int | None = None
+    egress_mbit: int | None = None  # sandbox -> outside
+    ingress_mbit: int | None = None  # outside -> sandbox
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,14 +113,18 @@ class NetworkPolicy:
             )
         object.__setattr__(self, "allow", _entries("allow", self.allow))
         object.__setattr__(self, "deny", _entries("deny", self.deny))
-        bw = self.bandwidth_mbit
-        if bw is not None and (
-            isinstance(bw, bool) or not isinstance(bw, int) or not 1 <= bw <= MAX_BANDWIDTH_MBIT
+        for name, bw in (
+            ("bandwidth_mbit", self.bandwidth_mbit),
+            ("bandwidth.egress_mbit", self.egress_mbit),
+            ("bandwidth.ingress_mbit", self.ingress_mbit),
         ):
-            raise InvalidRequest(f"network.bandwidth_mbit must be 1..{MAX_BANDWIDTH_MBIT}")
-        if self.mode == "none" and (self.allow or self.deny or bw is not None):
+            if bw is not None and (
+                isinstance(bw, bool) or not isinstance(bw, int) or not 1 <= bw <= MAX_BANDWIDTH_MBIT
+            ):
+                raise InvalidRequest(f"network.{name} must be 1..{MAX_BANDWIDTH_MBIT}")
+        if self.mode == "none" and (self.allow or self.deny or self.limits().any):
             raise InvalidRequest(
-                "network mode 'none' has no interface: allow, deny and bandwidth_mbit must be empty"
+                "network mode 'none' has no interface: allow, deny and bandwidth must be empty"
             )
 
     # -- views -------------------------------------------------------------------
@@ -121,6 +132,15 @@ class NetworkPolicy:
     def enabled(self) -> bool:
         """True if the sandbox gets an interface (mode is not ``none``)."""
         return self.mode != "none"
+
+    def limits(self) -> Limits:
+        """The effective bandwidth limit of each direction."""
+        return Limits(
+            egress_mbit=self.egress_mbit if self.egress_mbit is not None else self.bandwidth_mbit,
+            ingress_mbit=(
+                self.ingress_mbit if self.ingress_mbit is not None else self.bandwidth_mbit
+            ),
+        )
 
     def allow_networks(self) -> list[ipaddress.IPv4Network]:
         return [n for e in self.allow if (n := parse_cidr(e)) is not None]
@@ -144,13 +164,18 @@ class NetworkPolicy:
             "allow": list(self.allow),
             "deny": list(self.deny),
             "bandwidth_mbit": self.bandwidth_mbit,
+            "bandwidth": (
+                {"egress_mbit": self.egress_mbit, "ingress_mbit": self.ingress_mbit}
+                if self.egress_mbit is not None or self.ingress_mbit is not None
+                else None
+            ),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NetworkPolicy:
         if not isinstance(data, Mapping):
             raise InvalidRequest("network must be an object")
-        unknown = set(data) - {"mode", "allow", "deny", "bandwidth_mbit"}
+        unknown = set(data) - {"mode", "allow", "deny", "bandwidth_mbit", "bandwidth"}
         if unknown:
             raise InvalidRequest(f"unknown network fields: {', '.join(sorted(unknown))}")
         mode = data.get("mode", "none")
@@ -161,11 +186,19 @@ class NetworkPolicy:
         for name, value in (("allow", allow), ("deny", deny)):
             if not isinstance(value, list | tuple):
                 raise InvalidRequest(f"network.{name} must be a list")
+        bandwidth = data.get("bandwidth") or {}
+        if not isinstance(bandwidth, Mapping):
+            raise InvalidRequest("network.bandwidth must be an object")
+        unknown = set(bandwidth) - {"egress_mbit", "ingress_mbit"}
+        if unknown:
+            raise InvalidRequest(f"unknown network.bandwidth fields: {', '.join(sorted(unknown))}")
         return cls(
             mode=cast(Mode, mode),
             allow=tuple(allow),
             deny=tuple(deny),
             bandwidth_mbit=data.get("bandwidth_mbit"),
+            egress_mbit=bandwidth.get("egress_mbit"),
+            ingress_mbit=bandwidth.get("ingress_mbit"),
         )
 
     @classmethod

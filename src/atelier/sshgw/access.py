@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.agent_client import AgentClient
 from ..core.auth import Principal
+from ..core.idle import ActivityTracker
 from ..core.models import SandboxRecord
 from .auth import Grant
 
@@ -17,6 +19,8 @@ log = logging.getLogger("atelier.sshgw")
 
 
 class AgentSource(Protocol):
+    activity: ActivityTracker  # open sessions keep the sandbox from idling (core/idle.py)
+
     async def agent(
         self, principal: Principal, sandbox_id: str
     ) -> tuple[SandboxRecord, AgentClient]: ...
@@ -47,6 +51,10 @@ class SandboxAccess:
         friends, whose message the session shows to the user.
         """
         return await self.sandboxes.agent(self.grant.principal, self.grant.sandbox_id)
+
+    def attached(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while a session or tunnel is open: the sandbox is not idle meanwhile."""
+        return self.sandboxes.activity.attached(self.grant.sandbox_id)
 
     async def record(self, **detail: Any) -> None:
         """One ``ssh.session`` event in the audit trail; never fails the session."""

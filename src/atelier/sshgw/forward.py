@@ -19,7 +19,7 @@ from ..core.agent_client import TcpTunnel
 from ..errors import AtelierError
 from .access import SandboxAccess
 
-__all__ = ["open_direct_tcpip"]
+__all__ = ["open_direct_tcpip", "relay_tunnel"]
 
 log = logging.getLogger("atelier.sshgw")
 
@@ -44,12 +44,25 @@ async def open_direct_tcpip(
     if (host, dest_port) not in access.forwarded:  # one event per connection and port
         access.forwarded.add((host, dest_port))
         await access.record(session="direct-tcpip", host=host, port=dest_port)
-    return SSHTCPStreamSession(partial(_relay, tunnel))
+    return SSHTCPStreamSession(partial(_held_relay, access, tunnel))
 
 
-async def _relay(
+async def _held_relay(
+    access: SandboxAccess,
+    tunnel: TcpTunnel,
+    reader: asyncssh.SSHReader[bytes],
+    writer: asyncssh.SSHWriter[bytes],
+) -> None:
+    with access.attached():  # an open tunnel keeps the sandbox from idling
+        await relay_tunnel(tunnel, reader, writer)
+
+
+async def relay_tunnel(
     tunnel: TcpTunnel, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
 ) -> None:
+    """Carry bytes between an agent tunnel and an SSH channel until both ends closed
+    (also used by remote and agent forwarding)."""
+
     async def upstream() -> None:
         while data := await reader.read(READ_SIZE):
             await tunnel.write(data)

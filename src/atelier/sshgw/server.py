@@ -3,8 +3,8 @@
 ``ssh <sandbox-id>@<host> -p <ssh_port>``: the user name picks the sandbox, a
 public key registered through ``/v1/ssh-keys`` picks the API token (which must
 be allowed to reach the sandbox). Only public-key authentication is offered.
-Sessions (shell, exec, PTY), SFTP/scp and local forwarding go to the sandbox's
-agent; remote forwarding, agent and X11 forwarding are refused.
+Sessions (shell, exec, PTY), SFTP/scp, local and remote forwarding and agent
+forwarding go through the sandbox's agent; X11 forwarding is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,12 @@ import asyncssh
 
 from ..config import Settings
 from .access import AgentSource, EventSink, SandboxAccess
+from .agentfwd import AgentForwarder
 from .auth import SandboxLookup, authorize
 from .forward import open_direct_tcpip
 from .hostkey import load_or_create_host_key
 from .keys import SSHKeyService
+from .remote import listen_in_sandbox
 from .session import handle_process
 from .sftp import AgentSFTPServer
 
@@ -54,10 +57,12 @@ class _Connection(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.access: SandboxAccess | None = None
+        self.forwarder: AgentForwarder | None = None
         self.peer = "?"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.forwarder = AgentForwarder(conn)
         self.gateway.connections.add(conn)
         peer = conn.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -66,6 +71,8 @@ class _Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
             self.gateway.connections.discard(self.conn)
+        if self.forwarder is not None:
+            self.gateway.spawn(self.forwarder.close())
 
     # -- authentication: public keys only ----------------------------------------------
     def begin_auth(self, username: str) -> bool:
@@ -105,15 +112,18 @@ class _Connection(asyncssh.SSHServer):
             return False
         return open_direct_tcpip(self.access, dest_host, dest_port)
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        return False  # remote forwarding (-R) would need listening inside the sandbox
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        if self.access is None or self.conn is None:
+            return False
+        return listen_in_sandbox(self.conn, self.access, listen_host, listen_port)
 
 
-def _access(chan: Any) -> SandboxAccess:
+def _owner(chan: Any) -> tuple[_Connection, SandboxAccess]:
+    """The channel's connection and its (logged-in) sandbox access."""
     owner = chan.get_connection().get_owner()
     if not isinstance(owner, _Connection) or owner.access is None:
         raise asyncssh.DisconnectError(asyncssh.DISC_BY_APPLICATION, "not logged in")
-    return owner.access
+    return owner, owner.access
 
 
 class SSHGateway:
@@ -166,7 +176,7 @@ class SSHGateway:
             allow_scp=True,
             encoding=None,
             line_editor=False,
-            agent_forwarding=False,
+            agent_forwarding=True,
             x11_forwarding=False,
             login_timeout=LOGIN_TIMEOUT,
             keepalive_interval=KEEPALIVE_INTERVAL,
@@ -174,14 +184,19 @@ class SSHGateway:
         log.info("SSH gateway listening on %s port %s", listen, self.port)
 
     async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        await handle_process(_access(process.channel), process)
+        owner, access = _owner(process.channel)
+        await handle_process(access, process, owner.forwarder)
 
     def _sftp(self, chan: Any) -> AgentSFTPServer:
-        access = _access(chan)
-        task = asyncio.get_running_loop().create_task(access.record(session="sftp"))
+        _, access = _owner(chan)
+        self.spawn(access.record(session="sftp"))
+        return AgentSFTPServer(chan, access)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background (kept referenced until it ends)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return AgentSFTPServer(chan, access)
 
     async def close(self) -> None:
         if self._acceptor is None:

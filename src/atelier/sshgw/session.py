@@ -26,6 +26,7 @@ from ..agent.protocol import Channel
 from ..core.agent_client import Exit, Output, ProcessSession, PtySession
 from ..errors import AtelierError
 from .access import SandboxAccess
+from .agentfwd import AgentForwarder
 
 __all__ = ["SHELL_ARGV", "handle_process", "safe_env"]
 
@@ -48,8 +49,15 @@ def _fail(process: asyncssh.SSHServerProcess[bytes], message: str, code: int = 1
         process.exit(code)
 
 
-async def handle_process(access: SandboxAccess, process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """The process_factory of every session channel (except SFTP)."""
+async def handle_process(
+    access: SandboxAccess,
+    process: asyncssh.SSHServerProcess[bytes],
+    forwarder: AgentForwarder | None = None,
+) -> None:
+    """The process_factory of every session channel (except SFTP).
+
+    With ``forwarder`` and a client that asked for agent forwarding (``-A``),
+    ``SSH_AUTH_SOCK`` names the forwarder's socket inside the sandbox."""
     try:
         if process.subsystem is not None:
             _fail(process, f"subsystem {process.subsystem!r} is not supported (only sftp)")
@@ -59,33 +67,42 @@ async def handle_process(access: SandboxAccess, process: asyncssh.SSHServerProce
         except AtelierError as exc:
             _fail(process, exc.message)
             return
-        term = process.get_terminal_type()
-        command = process.command or None
-        await access.record(session="exec" if command else "shell", command=command, pty=bool(term))
-        env = {**rec.env, **safe_env(process.env)}
-        code: int
-        if term:
-            cols, rows, _, _ = process.get_terminal_size()
-            pty = await agent.pty(
-                cmd=command,
-                env={**env, "TERM": term},
-                cwd=rec.default_cwd,
-                user=rec.default_user,
-                cols=cols or 80,
-                rows=rows or 24,
+        with access.attached():  # an open session keeps the sandbox from idling
+            term = process.get_terminal_type()
+            command = process.command or None
+            await access.record(
+                session="exec" if command else "shell", command=command, pty=bool(term)
             )
-            code = await _relay(process, pty, is_pty=True)
-        else:
-            proc = await agent.exec(
-                cmd=command,
-                argv=None if command else SHELL_ARGV,
-                env=env,
-                cwd=rec.default_cwd,
-                user=rec.default_user,
-                stdin=True,
-            )
-            code = await _relay(process, proc, is_pty=False)
-        process.exit(code)
+            env = {**rec.env, **safe_env(process.env)}
+            # asyncssh grants -A (and makes get_agent_path() non-None) before the
+            # session starts: the lookups above have already yielded to it.
+            if forwarder is not None and process.channel.get_agent_path() is not None:
+                auth_sock = await forwarder.socket_path(agent, rec.default_user)
+                if auth_sock is not None:
+                    env["SSH_AUTH_SOCK"] = auth_sock
+            code: int
+            if term:
+                cols, rows, _, _ = process.get_terminal_size()
+                pty = await agent.pty(
+                    cmd=command,
+                    env={**env, "TERM": term},
+                    cwd=rec.default_cwd,
+                    user=rec.default_user,
+                    cols=cols or 80,
+                    rows=rows or 24,
+                )
+                code = await _relay(process, pty, is_pty=True)
+            else:
+                proc = await agent.exec(
+                    cmd=command,
+                    argv=None if command else SHELL_ARGV,
+                    env=env,
+                    cwd=rec.default_cwd,
+                    user=rec.default_user,
+                    stdin=True,
+                )
+                code = await _relay(process, proc, is_pty=False)
+            process.exit(code)
     except AtelierError as exc:
         _fail(process, exc.message)
     except (asyncssh.Error, ConnectionError, BrokenPipeError):

@@ -14,7 +14,14 @@ def test_default_is_none_and_disabled() -> None:
     p = NetworkPolicy()
     assert p.mode == "none"
     assert not p.enabled
-    assert p.to_json() == {"mode": "none", "allow": [], "deny": [], "bandwidth_mbit": None}
+    assert p.to_json() == {
+        "mode": "none",
+        "allow": [],
+        "deny": [],
+        "bandwidth_mbit": None,
+        "bandwidth": None,
+    }
+    assert not p.limits().any
 
 
 def test_entries_are_normalized_and_split() -> None:
@@ -55,6 +62,10 @@ def test_entries_are_normalized_and_split() -> None:
         {"mode": "open", "bandwidth_mbit": 10**9},
         {"mode": "none", "allow": ["10.0.0.0/8"]},  # none has no interface
         {"mode": "none", "bandwidth_mbit": 10},
+        {"mode": "none", "egress_mbit": 10},
+        {"mode": "open", "egress_mbit": 0},
+        {"mode": "open", "ingress_mbit": "10"},
+        {"mode": "open", "ingress_mbit": 10**9},
         {"mode": "egress", "allow": [f"10.0.{i // 256}.{i % 256}" for i in range(MAX_ENTRIES + 1)]},
     ],
 )
@@ -70,6 +81,8 @@ def test_invalid_policies_are_refused(kw: dict[str, object]) -> None:
         NetworkPolicy(mode="open"),
         NetworkPolicy(mode="open", deny=("169.254.0.0/16",), bandwidth_mbit=10),
         NetworkPolicy(mode="egress", allow=("10.1.2.0/24", "pypi.org"), deny=("10.1.2.3",)),
+        NetworkPolicy(mode="open", egress_mbit=5),
+        NetworkPolicy(mode="open", egress_mbit=5, ingress_mbit=20, bandwidth_mbit=1),
     ],
 )
 def test_json_round_trip(policy: NetworkPolicy) -> None:
@@ -83,6 +96,9 @@ def test_json_round_trip(policy: NetworkPolicy) -> None:
         {"mode": "egress", "allow": "pypi.org"},
         {"mode": 3},
         [],
+        {"mode": "open", "bandwidth": 10},
+        {"mode": "open", "bandwidth": {"up_mbit": 10}},
+        {"mode": "open", "bandwidth": {"egress_mbit": -1}},
     ],
 )
 def test_from_json_refuses_bad_documents(data: object) -> None:
@@ -109,3 +125,26 @@ def test_policies_compare_by_value() -> None:
 )
 def test_is_domain(name: str, ok: bool) -> None:
     assert is_domain(name) is ok
+
+
+@pytest.mark.parametrize(
+    ("kw", "egress", "ingress"),
+    [
+        ({}, None, None),
+        ({"bandwidth_mbit": 10}, 10, 10),
+        ({"egress_mbit": 5}, 5, None),
+        ({"ingress_mbit": 7}, None, 7),
+        ({"bandwidth_mbit": 10, "egress_mbit": 2}, 2, 10),  # the object wins per direction
+    ],
+)
+def test_effective_bandwidth_limits(kw: dict[str, int], egress: int, ingress: int) -> None:
+    limits = NetworkPolicy(mode="open", **kw).limits()  # type: ignore[arg-type]
+    assert (limits.egress_mbit, limits.ingress_mbit) == (egress, ingress)
+
+
+def test_bandwidth_object_from_json() -> None:
+    p = NetworkPolicy.from_json(
+        {"mode": "egress", "bandwidth": {"egress_mbit": 10, "ingress_mbit": 20}}
+    )
+    assert (p.egress_mbit, p.ingress_mbit, p.bandwidth_mbit) == (10, 20, None)
+    assert p.to_json()["bandwidth"] == {"egress_mbit": 10, "ingress_mbit": 20}
