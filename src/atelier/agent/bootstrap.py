@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = [
     "AGENT_MOUNT",
     "LOG_NAME",
+    "RELEASED_NAME",
     "RUNTIME_MOUNT",
     "RUN_DIR",
     "SOCKET_NAME",
@@ -28,6 +29,8 @@ __all__ = [
 AGENT_MOUNT = "/.atelier"
 RUN_DIR = "/run/atelier"
 SOCKET_NAME = "agent.sock"
+# Written by the agent once it released its socket (SIGUSR1), see server.py.
+RELEASED_NAME = "agent.released"
 LOG_NAME = "agent.log"
 RUNTIME_MOUNT = f"{AGENT_MOUNT}/runtime"
 

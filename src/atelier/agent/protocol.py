@@ -465,9 +465,18 @@ class Connection:
             self._writer.close()
         self.closed.set()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, abort: bool = False) -> None:
+        """End the connection. ``abort`` drops unsent bytes and closes the
+        socket at once (a peer that stopped reading cannot keep it open), and
+        waits (briefly) until the stream handlers have finished cleaning up."""
         self._fail_all(ConnectionLost("closed by this side"))
-        for task in list(self._tasks):
+        if abort:
+            with contextlib.suppress(Exception):
+                self._writer.transport.abort()
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        if abort and tasks:  # their cleanup (e.g. closing a listener) done on return
+            await asyncio.wait(tasks, timeout=2)
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()

@@ -39,6 +39,7 @@ class Capability(enum.Flag):
     PERSISTENT_DISK = enum.auto()  # files survive stop/start
     HOT_RESIZE = enum.auto()  # change vcpus/memory of a running sandbox
     NETWORK = enum.auto()  # a network namespace per sandbox with an egress policy
+    HIBERNATE = enum.auto()  # write memory + disk state to the data dir, free the RAM, wake later
 
 
 class RuntimeState(enum.Enum):
@@ -47,6 +48,7 @@ class RuntimeState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"  # was running; processes gone, disk kept
+    HIBERNATED = "hibernated"  # no process; memory image + disk on the host (wake restores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,9 @@ class SandboxSpec:
     labels: dict[str, str] = field(default_factory=dict)
     # None: mode "none" (loopback only), as before networking existed
     network: NetworkPolicy | None = None
+    # Extra read-only file layers stacked above ``rootfs``, topmost first (a
+    # snapshot's ``layer/`` and its ancestors'); the sandbox's own changes go above them.
+    layers: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,29 @@ class Runtime(Protocol):
     async def pause(self, sandbox_id: str) -> None: ...
 
     async def resume(self, sandbox_id: str) -> None: ...
+
+    # -- optional verbs (Capability.HIBERNATE / MEMORY_SNAPSHOT): a runtime
+    # without the capability raises RuntimeUnavailable; see docs/hibernate.md.
+    async def hibernate(self, sandbox_id: str) -> None:
+        """RUNNING/PAUSED -> HIBERNATED: memory and disk state written to the
+        data dir, every process gone, RAM released. Idempotent when hibernated."""
+
+    async def wake(self, sandbox_id: str) -> None:
+        """HIBERNATED -> RUNNING with every process and its memory as before;
+        returns once the agent process runs (the caller then connects to the
+        agent socket as after ``start``, which on a hibernated sandbox wakes it
+        too). ``stop`` of a hibernated sandbox discards the image (STOPPED)."""
+
+    async def snapshot(self, sandbox_id: str, dest: Path, *, memory: bool = True) -> None:
+        """Capture the running sandbox into the empty dir ``dest`` without
+        stopping it (it is frozen while capturing): ``dest/layer/`` (its own
+        file changes as an overlay layer), with ``memory`` ``dest/memory/``
+        (a checkpoint image), and ``dest/snapshot.json``."""
+
+    async def create_from_snapshot(self, spec: SandboxSpec, snapshot: Path) -> None:
+        """Like ``create`` (``spec.layers`` already starts with ``snapshot/layer``);
+        if ``snapshot/memory`` exists the first ``start`` restores it instead of
+        booting. ``snapshot`` is shared read-only by many sandboxes."""
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove everything the sandbox has on the host. Unknown id: no-op."""

@@ -41,6 +41,7 @@ def spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
         "disk_mib": spec.disk_mib,
         "hostname": spec.hostname,
         "labels": dict(spec.labels),
+        "layers": [str(p) for p in spec.layers],
     }
 
 
@@ -55,6 +56,7 @@ def spec_from_json(data: dict[str, Any]) -> SandboxSpec:
             disk_mib=int(data["disk_mib"]),
             hostname=str(data["hostname"]),
             labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
+            layers=tuple(Path(str(p)) for p in data.get("layers") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RuntimeFailure(f"corrupt sandbox spec: {exc!r}") from exc

@@ -140,7 +140,11 @@ async def sh(rt: GVisorRuntime, sid: str, script: str) -> str:
 def test_conforms_to_protocol(runtime: GVisorRuntime) -> None:
     assert isinstance(runtime, Runtime)
     assert runtime.capabilities() == (
-        Capability.PAUSE | Capability.PERSISTENT_DISK | Capability.NETWORK
+        Capability.PAUSE
+        | Capability.PERSISTENT_DISK
+        | Capability.NETWORK
+        | Capability.HIBERNATE
+        | Capability.MEMORY_SNAPSHOT
     )
     assert "platform" in runtime.availability().reason
 

@@ -226,6 +226,46 @@ async def test_pause_resume(runtime: QemuRuntime, make: Make) -> None:
         await runtime.pause(sid)
 
 
+async def test_hibernate_and_wake(runtime: QemuRuntime, make: Make) -> None:
+    assert Capability.HIBERNATE in runtime.capabilities()
+    spec = await make()
+    sid = spec.sandbox_id
+    async with await connect(runtime, sid) as agent:
+        counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done"
+        ticking = await agent.exec(argv=["sh", "-c", counter], background=True)
+        await ticking.detach()
+        await agent.write_file("/home/user/kept.txt", b"kept\n")
+        await asyncio.sleep(1)
+    t0 = time.perf_counter()
+    await runtime.hibernate(sid)
+    hibernate_s = time.perf_counter() - t0
+    assert await runtime.state(sid) == RuntimeState.HIBERNATED
+    assert find_processes(str(runtime.files(sid).base) + "/") == []  # RAM released
+    await runtime.hibernate(sid)  # idempotent
+    t0 = time.perf_counter()
+    await runtime.start(sid)  # start wakes it
+    async with await connect(runtime, sid, timeout=60) as agent:
+        print(
+            f"\nqemu hibernate {hibernate_s:.2f} s, wake to agent {time.perf_counter() - t0:.2f} s"
+        )
+        assert runtime.info(sid)["mode"] == "wake"
+        procs = await agent.list_processes()
+        assert any(p["pid"] == ticking.pid and p["running"] for p in procs)  # the same process
+        first = int(await sh(agent, "cat /tmp/n"))
+        await asyncio.sleep(1)
+        assert int(await sh(agent, "cat /tmp/n")) > first
+        assert (await sh(agent, "cat /home/user/kept.txt")) == "kept\n"
+    assert not (runtime.files(sid).base / "hibernate").exists()
+    # hibernated, then stopped: the image is discarded, the next start boots cold
+    await runtime.hibernate(sid)
+    await runtime.stop(sid)
+    assert await runtime.state(sid) == RuntimeState.STOPPED
+    with pytest.raises(InvalidStateTransition):
+        await runtime.wake(sid)
+    await runtime.start(sid)
+    assert runtime.info(sid)["mode"] == "cold"
+
+
 async def test_snapshot_restore_clone(
     runtime: QemuRuntime, make: Make, qemu_data_dir: Path
 ) -> None:
@@ -275,6 +315,13 @@ async def test_snapshot_restore_clone(
     other = await make(snapshot=snap)
     async with await connect(runtime, other.sandbox_id, timeout=60) as agent:
         assert (await sh(agent, "cat /home/user/before.txt")) == "written before the snapshot\n"
+    # a clone (RAM a copy-on-write map) hibernates with its RAM in the state stream
+    await runtime.hibernate(other.sandbox_id)
+    assert await runtime.state(other.sandbox_id) == RuntimeState.HIBERNATED
+    await runtime.wake(other.sandbox_id)
+    async with await connect(runtime, other.sandbox_id, timeout=60) as agent:
+        procs = await agent.list_processes()
+        assert any(p["argv"] == ["sleep", "1000"] and p["running"] for p in procs)
     # a stopped clone boots cold from its own disk (backed by the snapshot's)
     await runtime.stop(sid)
     await runtime.start(sid)

@@ -182,7 +182,7 @@ async def test_lifecycle_against_the_spec(env: Env) -> None:
     assert await rt.state("sb-1") == RuntimeState.RUNNING
 
     snap = env.data_dir / "snap-1"
-    assert await rt.snapshot("sb-1", snap) == snap
+    await rt.snapshot("sb-1", snap)
     assert await rt.state("sb-1") == RuntimeState.RUNNING  # goes on as it was
     assert sorted(p.name for p in snap.iterdir()) == [
         "memory",

@@ -36,7 +36,12 @@ def test_contract(runtime: QemuRuntime, tmp_path: Path) -> None:
     assert isinstance(runtime, Runtime)
     assert runtime.name == "qemu"
     caps = runtime.capabilities()
-    assert caps == Capability.PAUSE | Capability.MEMORY_SNAPSHOT | Capability.PERSISTENT_DISK
+    assert caps == (
+        Capability.PAUSE
+        | Capability.MEMORY_SNAPSHOT
+        | Capability.PERSISTENT_DISK
+        | Capability.HIBERNATE
+    )
     assert runtime.agent_socket("sb-1") == tmp_path / "qemu/sb-1/run/agent.sock"
     assert runtime.log_path("sb-1") == tmp_path / "qemu/sb-1/console.log"
     with pytest.raises(InvalidRequest):

@@ -515,9 +515,20 @@ class FirecrackerRuntime:
         )
 
     # -- snapshots ------------------------------------------------------------------
-    async def snapshot(self, sandbox_id: str, dest: Path) -> Path:
+    async def hibernate(self, sandbox_id: str) -> None:
+        raise RuntimeUnavailable("the firecracker runtime cannot hibernate sandboxes")
+
+    async def wake(self, sandbox_id: str) -> None:
+        raise RuntimeUnavailable("the firecracker runtime cannot hibernate sandboxes")
+
+    async def snapshot(self, sandbox_id: str, dest: Path, *, memory: bool = True) -> None:
         """Save the running (or paused) sandbox's memory, VM state and disk
-        into the new directory ``dest``; the sandbox goes on as it was."""
+        into the new directory ``dest``; the sandbox goes on as it was.
+
+        Always with memory (the disk is a whole image, not an overlay layer;
+        ``spec.layers`` is ignored): ``memory=False`` raises InvalidRequest."""
+        if not memory:
+            raise InvalidRequest("firecracker snapshots always include memory (memory=False)")
         found = self._require()
         files = self.files(sandbox_id)
         dest = Path(os.path.abspath(dest))
@@ -527,6 +538,8 @@ class FirecrackerRuntime:
             spec = files.load_spec()
             state = await self._running_state(sandbox_id)
             try:
+                if dest.is_dir() and not any(dest.iterdir()):
+                    dest.rmdir()  # an empty directory from the caller is fine
                 dest.mkdir(mode=0o700)
             except FileExistsError as exc:
                 raise Conflict(f"snapshot destination {dest} already exists") from exc
@@ -550,7 +563,6 @@ class FirecrackerRuntime:
                 if isinstance(exc, Exception) and not isinstance(exc, AtelierError):
                     raise RuntimeFailure(f"cannot snapshot sandbox {sandbox_id}: {exc!r}") from exc
                 raise
-        return dest
 
     async def _take_snapshot(
         self, sandbox_id: str, files: SandboxFiles, dest: Path, *, resume: RuntimeState

@@ -4,7 +4,8 @@ Per sandbox directory::
 
     disk.img     sparse file of disk_mib MiB, ext4 (the disk size limit)
     layer/       disk.img loop-mounted; holds upper/, work/ and tmp/
-    rootfs/      overlayfs: lowerdir = the template's read-only rootfs,
+    rootfs/      overlayfs: lowerdir = the spec's extra layers (snapshots',
+                 topmost first) over the template's read-only rootfs,
                  upperdir = layer/upper  (what the sandbox sees as /)
 
 ``/tmp`` is bind-mounted from ``layer/tmp`` (not from inside the overlay, so
@@ -23,6 +24,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +41,12 @@ __all__ = [
     "loop_devices_for",
     "mount_table",
     "mounts_under",
+    "overlay_options",
     "unmount_all",
 ]
 
 MIN_DISK_MIB = 16
+MAX_OPTIONS = 4096  # mount(2) copies one page of options
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
@@ -169,22 +173,41 @@ async def _mount_layer(paths: LayerPaths) -> None:
         os.chmod(paths.tmp, 0o1777)
 
 
-async def _mount_overlay(paths: LayerPaths, lower: Path) -> None:
-    for p in (lower, paths.upper, paths.work):
+def overlay_options(paths: LayerPaths, lowers: Sequence[Path]) -> str:
+    """The overlay mount options: ``lowers`` topmost first (extra layers, then
+    the template's rootfs). mount(2) takes at most one page of options: a
+    stack too long for it raises RuntimeFailure (see docs/hibernate.md)."""
+    for p in (*lowers, paths.upper, paths.work):
         _check_option_path(p)
+    lowerdir = ":".join(str(p) for p in lowers)
+    opts = f"lowerdir={lowerdir},upperdir={paths.upper},workdir={paths.work}"
+    if len(opts.encode()) >= MAX_OPTIONS:
+        raise RuntimeFailure(
+            f"{len(lowers)} layers make overlay options of {len(opts.encode())} bytes "
+            f"(the kernel takes under {MAX_OPTIONS}): the snapshot chain is too deep"
+        )
+    return opts
+
+
+async def _mount_overlay(paths: LayerPaths, lowers: Sequence[Path]) -> None:
+    opts = overlay_options(paths, lowers)
     paths.rootfs.mkdir(parents=True, exist_ok=True)
-    opts = f"lowerdir={lower},upperdir={paths.upper},workdir={paths.work}"
     await run_command(
         ["mount", "-t", "overlay", "overlay", "-o", opts, str(paths.rootfs)], timeout=60
     )
 
 
-async def ensure_mounted(paths: LayerPaths, lower: Path) -> None:
+async def ensure_mounted(paths: LayerPaths, lower: Path, layers: Sequence[Path] = ()) -> None:
     """Mount the disk layer and the overlay unless they already are (after a
-    reboot or a crash they are gone: mount them again)."""
+    reboot or a crash they are gone: mount them again). ``layers`` are extra
+    read-only layers above ``lower`` (the template's rootfs), topmost first."""
     lower = Path(os.path.abspath(lower))
     if not lower.is_dir():
         raise RuntimeFailure(f"template rootfs {lower} is not a directory")
+    extra = [Path(os.path.abspath(p)) for p in layers]
+    for p in extra:
+        if not p.is_dir():
+            raise RuntimeFailure(f"file layer {p} is not a directory")
     table = mount_table()
     layer_ok = any(m.target == paths.layer and m.fstype == "ext4" for m in table)
     overlay_ok = any(m.target == paths.rootfs and m.fstype == "overlay" for m in table)
@@ -196,7 +219,7 @@ async def ensure_mounted(paths: LayerPaths, lower: Path) -> None:
         if not paths.disk.is_file():
             raise RuntimeFailure(f"disk image {paths.disk} is missing")
         await _mount_layer(paths)
-    await _mount_overlay(paths, lower)
+    await _mount_overlay(paths, [*extra, lower])
 
 
 async def _umount(target: Path) -> None:

@@ -4,6 +4,8 @@ create   sandbox dir, sparse ext4 disk, loop mount, overlay, OCI bundle
 start    (re)mount if needed, ``runsc create`` + ``runsc start``
 stop     ``runsc kill KILL``, wait until stopped, ``runsc delete``, unmount
 destroy  stop, unmount, detach the loop device, remove the dir
+hibernate/wake, snapshot, create_from_snapshot: ``runsc checkpoint``/``restore``
+         and file layers, see hibernate.py and checkpoint.py
 
 A sandbox whose spec has a network policy other than ``none`` also gets a
 network namespace, veth pair and nftables rules (``atelier.network``), made
@@ -50,7 +52,8 @@ from ...images.agent_runtime import ensure_agent_runtime
 from ...network import NetworkManager, NetworkPolicy
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
 from ..common import boot_id as _boot_id
-from . import layers, oci
+from . import checkpoint, freezer, layers, oci
+from . import hibernate as hib
 from .files import SandboxFiles, check_id, read_tail
 from .platform import detect_platform
 from .proc import CommandResult, kill_processes, processes_with_arg
@@ -129,7 +132,13 @@ class GVisorRuntime:
             await self._network.aclose()
 
     def capabilities(self) -> Capability:
-        return Capability.PAUSE | Capability.PERSISTENT_DISK | Capability.NETWORK
+        return (
+            Capability.PAUSE
+            | Capability.PERSISTENT_DISK
+            | Capability.NETWORK
+            | Capability.HIBERNATE
+            | Capability.MEMORY_SNAPSHOT
+        )
 
     def availability(self) -> RuntimeAvailability:
         if self._availability is None:
@@ -241,6 +250,9 @@ class GVisorRuntime:
             if booted and booted != _boot_id():
                 self.runsc.forget(files.cid, stale=True)
                 files.started.write_text(_boot_id())
+        if freezer.is_frozen(files.base.name) and freezer.has_tasks(files.base.name):
+            # paused through the freezer; runsc would hang asking the frozen sandbox
+            return ContainerState(files.cid, "paused", 0, str(files.bundle))
         return await self.runsc.state(files.cid, log=self._log(files))
 
     def _log(self, files: SandboxFiles) -> Path | None:
@@ -284,7 +296,7 @@ class GVisorRuntime:
         files.bundle.mkdir()
         paths = files.layers
         await layers.create_disk(paths.disk, spec.disk_mib)
-        await layers.ensure_mounted(paths, spec.rootfs)
+        await layers.ensure_mounted(paths, spec.rootfs, spec.layers)
         write_identity(paths.rootfs, spec.hostname)
         if spec.network is not None and spec.network.enabled:
             write_resolv_conf(paths.rootfs, self.network.resolv_conf())
@@ -319,11 +331,20 @@ class GVisorRuntime:
             spec = self._load_spec(files)
             log = files.runsc_log
             current = await self._current(files)
+            if current is not None and current.status in ("running", "paused"):
+                if (files.run_dir / bootstrap.RELEASED_NAME).exists():
+                    await checkpoint.retake_agent(runsc, files)  # a capture was cut short
+                return
+            if hib.is_hibernated(files):
+                await hib.wake(self, files)  # never a cold boot: that would lose the memory
+                return
+            image = hib.pending_restore(files)
+            if image is not None:
+                await hib.restore_snapshot(self, files, image)
+                return
             if current is not None:
-                if current.status in ("running", "paused"):
-                    return
                 await runsc.delete(files.cid, force=True, log=log)
-            await layers.ensure_mounted(files.layers, spec.rootfs)
+            await layers.ensure_mounted(files.layers, spec.rootfs, spec.layers)
             netns = None
             if spec.network is not None and spec.network.enabled:
                 # (re)made before every start: runsc strips the namespace's addresses
@@ -376,10 +397,33 @@ class GVisorRuntime:
             await kill_processes(strays)
 
     async def stop(self, sandbox_id: str) -> None:
+        """Stop every process; a hibernated sandbox's image is discarded."""
         files = self.files(sandbox_id)
         async with self._locked(sandbox_id):
             await self._stop(sandbox_id, files)
             await layers.unmount_all(files.base)
+            await asyncio.to_thread(hib.discard_image, files)
+
+    # -- hibernate / snapshots (hibernate.py) ---------------------------------------
+    async def hibernate(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            await hib.hibernate(self, files)
+
+    async def wake(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            await hib.wake(self, files)
+
+    async def snapshot(self, sandbox_id: str, dest: Path, *, memory: bool = True) -> None:
+        """Capture the running sandbox into ``dest`` (see hibernate.py); with
+        ``memory`` its processes too. It runs on afterwards."""
+        files = self.files(sandbox_id)
+        async with self._locked(sandbox_id):
+            await hib.snapshot(self, files, dest, memory=memory)
+
+    async def create_from_snapshot(self, spec: SandboxSpec, snapshot: Path) -> None:
+        await hib.create_from_snapshot(self, spec, snapshot)
 
     async def _stop(self, sandbox_id: str, files: SandboxFiles) -> None:
         runsc, log = self.runsc, self._log(files)
@@ -387,7 +431,7 @@ class GVisorRuntime:
         if current is None:
             return
         if current.status == "paused":
-            await runsc.resume(files.cid, log=log)
+            await self._unpause(files)
         if current.status in ("running", "paused"):
             # Killing init lets gVisor end every process (closing, so flushing,
             # their files) before the sandbox goes; delete --force would not.
@@ -410,18 +454,54 @@ class GVisorRuntime:
     async def pause(self, sandbox_id: str) -> None:
         files = self.files(sandbox_id)
         async with self._locked(sandbox_id):
+            if self._freezer_live(files):  # fast path: no runsc call at all
+                if freezer.is_frozen(sandbox_id):
+                    return
+                with contextlib.suppress(RuntimeFailure):  # stuck FREEZING: use runsc
+                    await freezer.freeze(sandbox_id)
+                    return
             current = await self._require(sandbox_id, files)
             if current.status == "paused":
                 return
             await self.runsc.pause(files.cid, log=files.runsc_log)
+            _runsc_paused(files).touch()
 
     async def resume(self, sandbox_id: str) -> None:
         files = self.files(sandbox_id)
         async with self._locked(sandbox_id):
+            if self._freezer_live(files) and freezer.is_frozen(sandbox_id):
+                await freezer.thaw(sandbox_id)
+                return
             current = await self._require(sandbox_id, files)
             if current.status == "running":
                 return
+            await self._unpause(files)
+
+    def _freezer_live(self, files: SandboxFiles) -> bool:
+        """The sandbox has processes in its freezer cgroup and no runsc pause
+        is in effect: pause/resume go through the freezer (see freezer.py)."""
+        sid = files.base.name
+        return (
+            freezer.available(sid) and freezer.has_tasks(sid) and not _runsc_paused(files).exists()
+        )
+
+    async def _freeze(self, files: SandboxFiles) -> None:
+        """Pause a running sandbox: the cgroup freezer, else runsc."""
+        if freezer.available(files.base.name):
+            with contextlib.suppress(RuntimeFailure):
+                await freezer.freeze(files.base.name)
+                return
+        await self.runsc.pause(files.cid, log=files.runsc_log)
+        _runsc_paused(files).touch()
+
+    async def _unpause(self, files: SandboxFiles) -> None:
+        """Undo either kind of pause."""
+        if freezer.is_frozen(files.base.name):
+            await freezer.thaw(files.base.name)
+        current = await self.runsc.state(files.cid, log=files.runsc_log)
+        if current is not None and current.status == "paused":
             await self.runsc.resume(files.cid, log=files.runsc_log)
+        _runsc_paused(files).unlink(missing_ok=True)
 
     async def _require(self, sandbox_id: str, files: SandboxFiles) -> ContainerState:
         current = await self._current(files)
@@ -465,6 +545,8 @@ class GVisorRuntime:
         sandbox (a half-created one: ``create`` redoes it, ``destroy`` removes it)."""
         files = self.files(sandbox_id)
         current = await self._current(files)
+        if (current is None or current.status == "stopped") and hib.is_hibernated(files):
+            return RuntimeState.HIBERNATED
         if current is not None:
             return _STATES.get(current.status, RuntimeState.STOPPED)
         if not files.complete():
@@ -472,7 +554,7 @@ class GVisorRuntime:
         return RuntimeState.STOPPED if files.started.exists() else RuntimeState.CREATED
 
     async def list_ids(self) -> list[str]:
-        ids = {sid for c in await self.runsc.list() if (sid := sandbox_id_of(c.id))}
+        ids = {sid for cid in self.runsc.container_ids() if (sid := sandbox_id_of(cid))}
         ids.update(self.network.sandbox_ids())  # a network left by a crash
         if self.sandboxes_dir.is_dir():
             for entry in self.sandboxes_dir.iterdir():
@@ -500,6 +582,9 @@ def _validate(spec: SandboxSpec, settings: Settings) -> None:
             )
     if not spec.rootfs.is_absolute() or not spec.rootfs.is_dir():
         raise InvalidRequest(f"template rootfs {spec.rootfs} is not an existing absolute dir")
+    for layer in spec.layers:
+        if not layer.is_absolute() or not layer.is_dir():
+            raise InvalidRequest(f"file layer {layer} is not an existing absolute dir")
     if not 1 <= spec.vcpus <= settings.max_vcpus:
         raise InvalidRequest(f"vcpus must be 1..{settings.max_vcpus}, not {spec.vcpus}")
     if not 64 <= spec.memory_mib <= settings.max_memory_mib:
@@ -508,6 +593,11 @@ def _validate(spec: SandboxSpec, settings: Settings) -> None:
         raise InvalidRequest(f"disk_mib must be {layers.MIN_DISK_MIB}..{settings.max_disk_mib}")
     if not spec.hostname or len(spec.hostname) > 63:
         raise InvalidRequest("hostname must be 1..63 characters")
+
+
+def _runsc_paused(files: SandboxFiles) -> Path:
+    """Marker: this pause went through ``runsc pause`` (the freezer got stuck)."""
+    return files.base / "paused-by-runsc"
 
 
 def _remove_cgroups(path: str, root: Path = _CGROUP_ROOT) -> None:

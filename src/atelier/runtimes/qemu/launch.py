@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import RuntimeFailure
 from ..base import SandboxSpec
-from . import guest, snapshots
+from . import guest, hibernate, snapshots
 from .accel import TCG_TB_MIB, AccelChoice
 from .boot import boot_files, spawn
 from .cgroups import VmCgroup
@@ -123,6 +123,39 @@ class Launcher:
             kernel_version=snapshot.get_str("kernel_version"),
             snapshot=str(snapshot.path),
         )
+
+    async def wake(self, meta: dict[str, Any]) -> None:
+        """Resume a hibernated VM (hibernate.py) over its own RAM file."""
+        if meta.get("qemu_version") != self.qemu_version or meta.get("accel") != self.accel.name:
+            raise RuntimeFailure(
+                f"{self.files.base.name} hibernated under QEMU {meta.get('qemu_version')} "
+                f"({meta.get('accel')}); this host has {self.qemu_version} ({self.accel.name})"
+            )
+        cfg = self.config(
+            kernel=Path(str(meta["kernel"])),
+            initrd=Path(str(meta["initramfs"])),
+            append=str(meta["append"]),
+            memory_file=self.files.memory,
+            memory_shared=True,
+            incoming=True,
+        )
+        pid, qmp = await spawn(cfg, self.files, self.cgroup, TCG_TB_MIB)
+        try:
+            await hibernate.load(qmp, self.files, meta)
+            await qmp.close()
+            await guest.control(
+                self.files.control,
+                f"agent-idle {RESET_TIMEOUT:g}",
+                guest.time_command,
+                timeout=RESET_TIMEOUT + CONTROL_TIMEOUT,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await kill_and_wait(pid, str(self.files.qmp))
+            raise
+        finally:
+            await qmp.close()
+        self._write_boot(cfg, pid, mode="wake", kernel_version=meta.get("kernel_version"))
 
     def _write_boot(self, cfg: VmConfig, pid: int, **extra: Any) -> None:
         write_json(

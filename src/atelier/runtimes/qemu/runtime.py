@@ -38,7 +38,7 @@ from ...images.diskimage import create_overlay, ensure_base_disk
 from ...images.kernel import GuestKernel, find_kernel
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
 from ..common import boot_id as _boot_id
-from . import guest, snapshots
+from . import guest, hibernate, snapshots
 from .accel import AccelChoice, detect_accel
 from .boot import boot_files, quit_vm
 from .cgroups import VmCgroup
@@ -107,7 +107,12 @@ class QemuRuntime:
 
     # -- capabilities / availability ------------------------------------------------
     def capabilities(self) -> Capability:
-        return Capability.PAUSE | Capability.MEMORY_SNAPSHOT | Capability.PERSISTENT_DISK
+        return (
+            Capability.PAUSE
+            | Capability.MEMORY_SNAPSHOT
+            | Capability.PERSISTENT_DISK
+            | Capability.HIBERNATE
+        )
 
     def accel(self) -> AccelChoice:
         return detect_accel(self.forced_accel)
@@ -235,6 +240,9 @@ class QemuRuntime:
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist on this host")
             if self._pid(files) is not None:
                 return
+            if hibernate.is_hibernated(files):
+                await self._wake(files, accel)  # never a cold boot: that loses the memory
+                return
             spec = files.load_spec()
             self._cleanup_run(files)
             chain = layers_from_json(read_json(files.disk_meta).get("chain"))
@@ -278,6 +286,7 @@ class QemuRuntime:
         files = self.files(sandbox_id)
         async with self._locked(sandbox_id):
             await self._stop(files)
+            hibernate.discard(files)  # a hibernated sandbox's image goes
 
     async def _stop(self, files: SandboxFiles) -> None:
         pid = self._pid(files)
@@ -313,9 +322,14 @@ class QemuRuntime:
                 await guest.set_clock(files.control, timeout=CONTROL_TIMEOUT)
 
     # -- snapshots ------------------------------------------------------------------
-    async def snapshot(self, sandbox_id: str, dest: Path) -> None:
+    async def snapshot(self, sandbox_id: str, dest: Path, *, memory: bool = True) -> None:
         """Save memory, device state and disk of a running sandbox into ``dest``
-        (a new or empty directory); the sandbox keeps running."""
+        (a new or empty directory); the sandbox keeps running.
+
+        Always with memory (the disk is a qcow2 overlay, not a file layer;
+        ``spec.layers`` is ignored): ``memory=False`` raises InvalidRequest."""
+        if not memory:
+            raise InvalidRequest("qemu snapshots always include memory (memory=False)")
         files = self.files(sandbox_id)
         dest = Path(os.path.abspath(dest))
         async with self._locked(sandbox_id):
@@ -342,6 +356,46 @@ class QemuRuntime:
             }
             chain = layers_from_json(read_json(files.disk_meta).get("chain"))
             await snapshots.take(files, dest, chain=chain, meta=meta)
+
+    # -- hibernate / wake (hibernate.py) ------------------------------------------------
+    async def hibernate(self, sandbox_id: str) -> None:
+        """Save the VM's state beside its RAM file and quit QEMU (RAM freed)."""
+        files = self.files(sandbox_id)
+        self._require_available()
+        async with self._locked(sandbox_id):
+            pid = self._pid(files)
+            if pid is None:
+                if hibernate.is_hibernated(files):
+                    return
+                raise InvalidStateTransition(f"sandbox {sandbox_id} is not running")
+            await hibernate.save(files)
+            marker = str(files.qmp)
+            with contextlib.suppress(QmpClosed, QmpError, OSError, TimeoutError):
+                async with await QmpClient.connect(files.qmp, timeout=10) as qmp:
+                    with contextlib.suppress(QmpClosed):
+                        await qmp.execute("quit")
+            if not await wait_gone(pid, marker, timeout=15):
+                await kill_and_wait(pid, marker)
+            for path in (files.qmp, files.control, files.agent_socket, files.pidfile):
+                path.unlink(missing_ok=True)  # the RAM file stays: it is the image
+            VmCgroup(sandbox_id).remove()
+
+    async def wake(self, sandbox_id: str) -> None:
+        files = self.files(sandbox_id)
+        accel = self._require_available()
+        async with self._locked(sandbox_id):
+            if self._pid(files) is not None:
+                return
+            if not hibernate.is_hibernated(files):
+                raise InvalidStateTransition(f"sandbox {sandbox_id} is not hibernated")
+            await self._wake(files, accel)
+
+    async def _wake(self, files: SandboxFiles, accel: AccelChoice) -> None:
+        spec = files.load_spec()
+        chain = layers_from_json(read_json(files.disk_meta).get("chain"))
+        disks = (*chain, DiskLayer(files.overlay, "qcow2", writable=True))
+        await self._launcher(spec, files, accel, disks).wake(hibernate.load_meta(files))
+        hibernate.discard(files)
 
     # -- destroy / state / list ---------------------------------------------------------
     async def destroy(self, sandbox_id: str) -> None:
@@ -379,6 +433,8 @@ class QemuRuntime:
             return _STATES.get(str(status), RuntimeState.PAUSED)
         if not files.complete():
             return RuntimeState.ABSENT
+        if hibernate.is_hibernated(files):
+            return RuntimeState.HIBERNATED
         return RuntimeState.STOPPED if files.started.exists() else RuntimeState.CREATED
 
     async def list_ids(self) -> list[str]:

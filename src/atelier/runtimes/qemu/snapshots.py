@@ -52,6 +52,7 @@ __all__ = [
     "load_snapshot",
     "save",
     "take",
+    "wait_migration",
 ]
 
 FORMAT_VERSION = 1
@@ -127,7 +128,7 @@ def agent_connected(socket: Path, table: Path = Path("/proc/net/unix")) -> bool:
     return False
 
 
-async def _wait_migration(qmp: QmpClient, what: str) -> None:
+async def wait_migration(qmp: QmpClient, what: str) -> None:
     deadline = time.monotonic() + _MIGRATE_TIMEOUT
     delay = 0.002
     while True:
@@ -166,7 +167,7 @@ async def save(
     finally:
         os.close(fd)
     await qmp.execute("migrate", {"uri": "fd:snapshot"})
-    await _wait_migration(qmp, "saving the device state")
+    await wait_migration(qmp, "saving the device state")
     for source, target in ((memory, dest / "memory"), (overlay, dest / "disk.qcow2")):
         await run_tool(
             ["cp", "--sparse=always", "--reflink=auto", str(source), str(target)], timeout=900
@@ -222,5 +223,5 @@ async def incoming(qmp: QmpClient, snapshot: SnapshotInfo) -> None:
     finally:
         os.close(fd)
     await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
-    await _wait_migration(qmp, "loading the device state")
+    await wait_migration(qmp, "loading the device state")
     await qmp.execute("cont")
