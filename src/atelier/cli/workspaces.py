@@ -81,6 +81,9 @@ def up(
     timeout_: Annotated[
         str, typer.Option("--timeout", help="Stop after this long (default: never).")
     ] = "never",
+    no_prebuild: Annotated[
+        bool, typer.Option("--no-prebuild", help="Set up from scratch even if prebuilt.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Create a workspace from a git repository and its devcontainer.json; print its id."""
@@ -99,6 +102,7 @@ def up(
                 memory_mib=parse_size_mib(memory, "--memory"),
                 disk_mib=parse_size_mib(disk, "--disk"),
                 timeout=parse_timeout(timeout_, "--timeout"),
+                prebuild=not no_prebuild,
                 **state(ctx).sdk_options(),
             )
     except WorkspaceSetupFailed as exc:

@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 
+from ...core.idle import validate_auto_stop
 from ...core.workspaces.request import WorkspaceRequest
 from ...git import GitCredentials
 from ..deps import Auth, Ctx
@@ -35,6 +36,7 @@ async def create_workspace(body: WorkspaceCreate, ctx: Ctx, principal: Auth) -> 
     sandbox exists leave nothing behind; a failing lifecycle command answers
     422 ``workspace_setup_failed`` with ``details.sandbox_id``: that sandbox is
     kept, stopped, in state ``error``, its setup output in its logs."""
+    auto_stop = validate_auto_stop(body.auto_stop.policy()) if body.auto_stop else None
     req = WorkspaceRequest(
         repo=body.repo,
         ref=body.ref,
@@ -51,9 +53,12 @@ async def create_workspace(body: WorkspaceCreate, ctx: Ctx, principal: Auth) -> 
         labels=body.labels,
         timeout=body.timeout,
         network=body.network.policy() if body.network else None,
+        prebuild=body.prebuild,
     )
     # shielded: a client that hangs up must not leave a half-made workspace
     rec = await asyncio.shield(ctx.workspaces.create(principal, req))
+    if auto_stop is not None:  # docs/lifecycle.md
+        rec = await ctx.sandboxes.set_auto_stop(principal, rec.id, auto_stop)
     return SandboxOut.of(rec)
 
 

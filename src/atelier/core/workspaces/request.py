@@ -18,7 +18,9 @@ class WorkspaceRequest:
     (a path relative to the repository, or the ``<name>`` of
     ``.devcontainer/<name>/``). ``local_env`` is what ``${localEnv:...}``
     resolves to (the caller's environment, as the CLI sends it). Resources
-    are raised to the configuration's ``hostRequirements``.
+    are raised to the configuration's ``hostRequirements``. ``prebuild``:
+    start from the newest ready prebuild of the repository's branch when there
+    is one (``False``: always clone and run every step).
     """
 
     repo: str
@@ -36,3 +38,4 @@ class WorkspaceRequest:
     labels: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
     network: NetworkPolicy | None = None
+    prebuild: bool = True

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...errors import AtelierError, FileExists, InvalidRequest, RuntimeFailure
+from ...errors import (
+    AtelierError,
+    FileExists,
+    GitCommandFailed,
+    InvalidRequest,
+    RuntimeFailure,
+    SnapshotNotFound,
+)
 from ...git import ClonedRepo, GitCredentials, GitUrl, clone, parse_git_url
 from ...images.store import read_manifest
 from ...workspaces import (
     DevContainerConfig,
+    LifecycleHook,
     LifecyclePlan,
     LifecycleStage,
     LifecycleStep,
@@ -31,6 +40,7 @@ from .copy import copy_tree_into
 from .git_sync import SandboxRepo, SyncResult
 from .host_commands import run_host_steps
 from .lifecycle_runner import LifecycleRunner, StepRecord, step_from_json, step_to_json
+from .prebuilt import PREBUILD_HOOKS, PrebuildMode, PrebuiltSource, attach_branch, pending_steps
 from .request import WorkspaceRequest
 from .setup_log import SetupLog, setup_log_path, workspace_dir
 from .templates import resolve_template
@@ -75,6 +85,7 @@ class WorkspaceService:
         self.settings = sandboxes.settings
         self.secrets = secrets
         self._background: set[asyncio.Task[None]] = set()
+        self.prebuilt: PrebuiltSource | None = None  # set by the app: core/prebuilds
 
     async def _credentials(
         self,
@@ -95,28 +106,53 @@ class WorkspaceService:
         root.mkdir(parents=True, exist_ok=True)
         return root
 
-    async def create(self, principal: Principal, req: WorkspaceRequest) -> SandboxRecord:
+    async def create(
+        self, principal: Principal, req: WorkspaceRequest, *, prebuild: PrebuildMode | None = None
+    ) -> SandboxRecord:
         """Create the workspace; returns once the steps up to ``waitFor`` have run.
 
         Before the sandbox exists, a failure leaves nothing behind. After, a
         failing step leaves the sandbox stopped in state ``error`` with the
         setup log in its logs, and raises WorkspaceSetupFailed naming it.
+
+        With a ready prebuild for the repository's branch (and ``req.prebuild``)
+        it starts from the prebuild's snapshot instead (``from_prebuild.py``).
+        ``prebuild`` is the prebuild builder's own call (see ``prebuilt.py``).
         """
+        if prebuild is None and req.prebuild and self.prebuilt is not None:
+            start = await self.prebuilt.find(principal, req)
+            if start is not None:
+                from .from_prebuild import create_from_prebuild
+
+                try:
+                    return await create_from_prebuild(self, principal, req, start)
+                except SnapshotNotFound:  # removed since it was found: make it the long way
+                    log.info("prebuild %s vanished; cloning instead", start.build_id)
+                except GitCommandFailed as exc:  # no fast-forward (a force push): the long way
+                    log.info("prebuild %s cannot be brought forward (%s)", start.build_id, exc)
+                    if isinstance(sandbox_id := exc.details.get("sandbox_id"), str):
+                        with contextlib.suppress(AtelierError):
+                            await self.sandboxes.delete(None, sandbox_id)
         url = parse_git_url(req.repo)
         credentials = await self._credentials(principal, url, req.credentials, req.secret)
         staging = Path(tempfile.mkdtemp(prefix=".setup-", dir=self._staging_root))
+        tee = prebuild.tee if prebuild is not None else None
         try:
-            setup = SetupLog(staging / "setup.log")
+            setup = SetupLog(staging / "setup.log", tee)
             repo_dir = staging / repo_folder_name(url)
-            setup.line("clone", f"cloning {url.redacted()} ({req.ref or 'default branch'})")
+            ref = prebuild.commit if prebuild is not None else req.ref
+            setup.line("clone", f"cloning {url.redacted()} ({ref or 'default branch'})")
             cloned = await clone(
                 url,
                 repo_dir,
-                ref=req.ref,
+                ref=ref,
                 depth=req.depth,
                 credentials=credentials,
                 on_output=lambda line: setup.line("clone", line),
             )
+            if prebuild is not None:
+                await attach_branch(repo_dir, prebuild.branch, cloned.commit)
+                cloned = dataclasses.replace(cloned, ref=prebuild.branch, branch=prebuild.branch)
             setup.line("clone", f"at {cloned.commit}")
             config = await asyncio.to_thread(
                 load_devcontainer, repo_dir, config_path=req.devcontainer, local_env=req.local_env
@@ -146,13 +182,13 @@ class WorkspaceService:
         final_log = setup_log_path(self.settings.data_dir, rec.id)
         final_log.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(setup.path, final_log)
-        setup = SetupLog(final_log)
+        setup = SetupLog(final_log, tee)
         try:
             rec = await self.sandboxes.repo.update_sandbox(rec.id, workspace=workspace)
             await self.sandboxes.repo.record_event(
                 "workspace.create", rec.id, principal.token_id, repo=workspace["repo"]
             )
-            rec = await self._set_up(rec, repo_dir, plan, setup)
+            rec = await self._set_up(rec, repo_dir, plan, setup, prebuild)
         except BaseException as exc:
             await self._fail(rec, exc, setup)
             raise
@@ -221,13 +257,20 @@ class WorkspaceService:
         return await self.sandboxes.repo.update_sandbox(rec.id, workspace=workspace)
 
     async def _set_up(
-        self, rec: SandboxRecord, repo_dir: Path, plan: LifecyclePlan | None, setup: SetupLog
+        self,
+        rec: SandboxRecord,
+        repo_dir: Path,
+        plan: LifecyclePlan | None,
+        setup: SetupLog,
+        prebuild: PrebuildMode | None = None,
     ) -> SandboxRecord:
         workspace = rec.workspace or {}
         agent = await self.sandboxes.agents.get(rec.id, rec.runtime)
         setup.line("copy", f"copying the working tree into {workspace['folder']}")
         await copy_tree_into(agent, repo_dir, workspace["folder"], owner=workspace.get("user"))
         steps = [s for s in plan.steps if s.location is StepLocation.CONTAINER] if plan else []
+        if prebuild is not None:
+            return await self._prebuild_steps(rec, steps, setup, prebuild)
         blocking = [s for s in steps if s.blocking]
         later = [s for s in steps if not s.blocking]
 
@@ -245,6 +288,30 @@ class WorkspaceService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return rec
+
+    async def _prebuild_steps(
+        self,
+        rec: SandboxRecord,
+        steps: list[LifecycleStep],
+        setup: SetupLog,
+        prebuild: PrebuildMode,
+    ) -> SandboxRecord:
+        """Run the prebuild's hooks (with its secrets); keep the rest for the
+        workspaces that will start from it."""
+        now = [s for s in steps if s.hook in PREBUILD_HOOKS]
+        env = {**rec.env, **prebuild.secret_env}
+        runner = LifecycleRunner(agent=await self.sandboxes.agents.get(rec.id, rec.runtime),
+                                 log=setup, env=env, cwd=rec.default_cwd or "/")  # fmt: skip
+        await runner.run(now)
+        return await self._update(
+            rec,
+            status="prebuilt",
+            lifecycle=[r.to_json() for r in runner.records],
+            later=pending_steps([s for s in steps if s.hook not in PREBUILD_HOOKS]),
+            update_content=pending_steps(
+                [s for s in steps if s.hook is LifecycleHook.UPDATE_CONTENT]
+            ),
+        )
 
     async def _run_later(
         self, rec: SandboxRecord, runner: LifecycleRunner, steps: list[Any], setup: SetupLog

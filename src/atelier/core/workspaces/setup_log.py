@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,10 +30,12 @@ def remove_workspace_files(data_dir: Path, sandbox_id: str) -> None:
 
 
 class SetupLog:
-    """Append-only, thread-safe (image pulls report progress from a thread)."""
+    """Append-only, thread-safe (image pulls report progress from a thread).
+    ``tee`` also receives every line (a prebuild's build log)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tee: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.tee = tee
         self._lock = threading.Lock()
         self._partial: dict[str, str] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,9 @@ class SetupLog:
         with self._lock, self.path.open("a", encoding="utf-8") as fh:
             for piece in text.splitlines() or [""]:
                 fh.write(f"{stamp} [{source}] {piece}\n")
+        if self.tee is not None:
+            for piece in text.splitlines() or [""]:
+                self.tee(f"[{source}] {piece}")
 
     def output(self, source: str, data: bytes) -> None:
         """A chunk of a command's output: complete lines are written, the rest waits."""
