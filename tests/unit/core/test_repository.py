@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from atelier.core.auth import TokenService
+from atelier.core.auth import CACHE_SECONDS, TokenService
 from atelier.core.models import SandboxRecord, SandboxState
 from atelier.errors import AuthenticationError, SandboxNotFound
 from atelier.store.db import Database
@@ -94,6 +94,26 @@ async def test_tokens_hash_and_revoke(repo: Repository, tmp_path: Path) -> None:
     await tokens.revoke(principal.token_id)
     with pytest.raises(AuthenticationError):
         await tokens.authenticate(token)
+
+
+async def test_verified_tokens_are_cached_briefly(repo: Repository) -> None:
+    now = [100.0]
+    tokens = TokenService(repo, clock=lambda: now[0])
+    other_process = TokenService(repo, clock=lambda: now[0])
+    record, token = await tokens.create("dev")
+    assert (await tokens.authenticate(token)).token_id == record.id
+    # revoked elsewhere: this process trusts its cache until it expires ...
+    await other_process.revoke(record.id)
+    assert (await tokens.authenticate(token)).token_id == record.id
+    now[0] += CACHE_SECONDS + 0.1
+    with pytest.raises(AuthenticationError):
+        await tokens.authenticate(token)
+    # ... and a revocation through this process takes effect at once
+    record2, token2 = await tokens.create("dev2")
+    await tokens.authenticate(token2)
+    await tokens.revoke(record2.id)
+    with pytest.raises(AuthenticationError):
+        await tokens.authenticate(token2)
 
 
 async def test_audit_events(repo: Repository) -> None:
