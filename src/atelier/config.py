@@ -57,7 +57,25 @@ class Settings(BaseSettings):
         description="For runtimes with memory snapshots: create by restoring a snapshot of "
         "a freshly booted sandbox of the same shape (made in the background).",
     )
+    preboot_runtimes: list[str] = Field(
+        ["qemu", "firecracker"],
+        description="The runtimes pre-booting applies to. Not gvisor by default: its clones "
+        "cannot take a new hostname and each reads the whole memory image, no shared "
+        "copy-on-write pages (docs/hibernate.md).",
+    )
     reconcile_interval: float = Field(1.0, gt=0, description="Seconds between reconciler passes.")
+    idle_check_interval: float = Field(
+        5.0, gt=0, description="Seconds between passes of the idle auto-stop policy (core/idle.py)."
+    )
+    auto_stop_pause_after: float | None = Field(
+        None, gt=0, description="Default idle policy: pause after this many idle seconds."
+    )
+    auto_stop_hibernate_after: float | None = Field(
+        None, gt=0, description="Default idle policy: hibernate after this many idle seconds."
+    )
+    auto_stop_delete_after: float | None = Field(
+        None, gt=0, description="Default idle policy: delete after this many idle seconds."
+    )
     runsc_bin: str = "runsc"
     runsc_platform: str | None = Field(None, description="Force a runsc platform (default: probe).")
     debian_mirror: str = "http://deb.debian.org/debian"
@@ -103,6 +121,11 @@ class Settings(BaseSettings):
     )
     network_dns_refresh: float = Field(
         300.0, gt=0, description="Seconds between re-resolutions of policy domain names."
+    )
+    network_resolv_conf: Path = Field(
+        Path("/etc/resolv.conf"),
+        description="The host's resolver list. If it names only loopback stubs "
+        "(127.0.0.53), sandboxes get Atelier's DNS forwarder, which relays to them.",
     )
 
     @field_validator("network_dns", mode="before")

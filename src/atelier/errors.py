@@ -14,6 +14,7 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     │   ├── IsADirectory (400 is_a_directory)
     │   └── NotADirectory (400 not_a_directory)
     ├── AuthenticationError (401 unauthenticated)
+    │   └── WebhookSignatureInvalid (401 webhook_signature_invalid)
     ├── PermissionDenied (403 forbidden)
     │   ├── FilePermissionDenied (403 permission_denied)
     │   └── GitAuthenticationFailed (403 git_auth_failed)
@@ -26,12 +27,16 @@ and the SDK turns such a body back into the same class via :func:`from_payload`.
     │   ├── OperationNotFound (404 operation_not_found)
     │   ├── SecretNotFound (404 secret_not_found)
     │   ├── GitRepositoryNotFound (404 git_repo_not_found)
-    │   └── GitRefNotFound (404 git_ref_not_found)
+    │   ├── GitRefNotFound (404 git_ref_not_found)
+    │   ├── SnapshotNotFound (404 snapshot_not_found)
+    │   └── PrebuildNotFound (404 prebuild_not_found)
     ├── Conflict (409 conflict)
     │   ├── InvalidStateTransition (409 invalid_state)
     │   ├── FileExists (409 file_exists)
     │   ├── DirectoryNotEmpty (409 directory_not_empty)
-    │   └── TemplateInUse (409 template_in_use)
+    │   ├── TemplateInUse (409 template_in_use)
+    │   ├── SnapshotInUse (409 snapshot_in_use)
+    │   └── WebhookReplayed (409 webhook_replayed)
     ├── ValidationFailed (422 validation_error)
     │   ├── InvalidDockerfile (422 invalid_dockerfile)  - names the line
     │   ├── BuildFailed (422 build_failed)       - a build step failed
@@ -79,6 +84,7 @@ __all__ = [
     "OperationNotFound",
     "PermissionDenied",
     "PortUnreachable",
+    "PrebuildNotFound",
     "ProcessNotFound",
     "RateLimited",
     "RuntimeFailure",
@@ -87,11 +93,15 @@ __all__ = [
     "SandboxNotFound",
     "SecretNotFound",
     "ServiceUnavailable",
+    "SnapshotInUse",
+    "SnapshotNotFound",
     "TemplateInUse",
     "TemplateNotFound",
     "TokenNotFound",
     "UpstreamFailure",
     "ValidationFailed",
+    "WebhookReplayed",
+    "WebhookSignatureInvalid",
     "WorkspaceSetupFailed",
     "error_class_for",
     "from_payload",
@@ -134,6 +144,12 @@ class NotADirectory(InvalidRequest):
 
 class AuthenticationError(AtelierError):
     status, code = 401, "unauthenticated"
+
+
+class WebhookSignatureInvalid(AuthenticationError):
+    """A webhook delivery without a valid signature or token for its prebuild."""
+
+    code = "webhook_signature_invalid"
 
 
 class PermissionDenied(AtelierError):
@@ -190,6 +206,14 @@ class GitRefNotFound(NotFound):
     code = "git_ref_not_found"
 
 
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
+class PrebuildNotFound(NotFound):
+    code = "prebuild_not_found"
+
+
 class Conflict(AtelierError):
     status, code = 409, "conflict"
 
@@ -208,6 +232,18 @@ class DirectoryNotEmpty(Conflict):
 
 class TemplateInUse(Conflict):
     code = "template_in_use"
+
+
+class SnapshotInUse(Conflict):
+    """A snapshot still backs sandboxes or child snapshots (``details["users"]``)."""
+
+    code = "snapshot_in_use"
+
+
+class WebhookReplayed(Conflict):
+    """A webhook delivery id this prebuild has already received."""
+
+    code = "webhook_replayed"
 
 
 class ValidationFailed(AtelierError):

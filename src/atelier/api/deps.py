@@ -10,8 +10,10 @@ from fastapi import Depends, Request, WebSocket
 from ..config import Settings
 from ..core.auth import Principal, TokenService
 from ..core.pool import WarmPool
+from ..core.prebuilds import PrebuildService
 from ..core.secrets import SecretService
 from ..core.service import SandboxService
+from ..core.snapshots import SnapshotService
 from ..core.workspaces.service import WorkspaceService
 from ..images.store import TemplateStore
 from ..operations import OperationManager, TemplateOperations
@@ -34,6 +36,12 @@ class AppContext:
     operations: OperationManager
     template_ops: TemplateOperations
     secrets: SecretService
+    prebuilds: PrebuildService  # core/prebuilds
+
+    @property
+    def snapshots(self) -> SnapshotService:
+        """Snapshots and forks (owned by the sandbox service): core/snapshots.py."""
+        return self.sandboxes.snapshots
 
 
 def get_context(request: Request) -> AppContext:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.models import SandboxRecord, SandboxState
 from ..network import NetworkPolicy
+from .lifecycle_schemas import AutoStopIn, AutoStopOut
 
 __all__ = [
     "ChmodBody",
@@ -62,6 +63,13 @@ class ErrorBody(BaseModel):
     details: dict[str, Any] | None = None
 
 
+class BandwidthIn(_Body):
+    """Mbit/s each way (``egress``: from the sandbox; ``ingress``: to it); unset: unlimited."""
+
+    egress_mbit: int | None = Field(None, ge=1)
+    ingress_mbit: int | None = Field(None, ge=1)
+
+
 class NetworkIn(_Body):
     """A sandbox's network: ``none`` (loopback only), ``egress`` (only ``allow``,
     minus ``deny``; CIDRs or domain names), ``open``. See docs/network.md."""
@@ -70,6 +78,7 @@ class NetworkIn(_Body):
     allow: list[str] = Field(default_factory=list, max_length=256)
     deny: list[str] = Field(default_factory=list, max_length=256)
     bandwidth_mbit: int | None = Field(None, ge=1)
+    bandwidth: BandwidthIn | None = None
 
     def policy(self) -> NetworkPolicy:
         return NetworkPolicy(
@@ -77,6 +86,8 @@ class NetworkIn(_Body):
             allow=tuple(self.allow),
             deny=tuple(self.deny),
             bandwidth_mbit=self.bandwidth_mbit,
+            egress_mbit=self.bandwidth.egress_mbit if self.bandwidth else None,
+            ingress_mbit=self.bandwidth.ingress_mbit if self.bandwidth else None,
         )
 
 
@@ -90,6 +101,15 @@ class SandboxCreate(_Body):
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: int | None = Field(300, gt=0, description="Seconds until auto-stop; null = never.")
     network: NetworkIn | None = Field(None, description="Default: the server's default mode")
+    snapshot: str | None = Field(
+        None,
+        max_length=100,
+        description="Start from this snapshot (id or name): its template, and its vcpus, "
+        "memory and disk unless given",
+    )
+    auto_stop: AutoStopIn | None = Field(
+        None, description="Idle policy; default: the server's (see docs/lifecycle.md)"
+    )
 
 
 class WorkspaceStepOut(BaseModel):
@@ -117,6 +137,9 @@ class WorkspaceOut(BaseModel):
     lifecycle: list[WorkspaceStepOut] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     forward_ports: list[str] = Field(default_factory=list)
+    prebuild: dict[str, str] | None = Field(
+        None, description="The prebuild it started from: id, build, commit, snapshot"
+    )
 
 
 class SandboxOut(BaseModel):
@@ -138,6 +161,8 @@ class SandboxOut(BaseModel):
         default_factory=dict, description="How it runs, e.g. accel kvm|tcg (GET only)"
     )
     workspace: WorkspaceOut | None = Field(None, description="Set for workspaces")
+    auto_stop: AutoStopOut | None = Field(None, description="Idle policy; null: none")
+    snapshot_id: str | None = Field(None, description="The snapshot it was made from")
 
     @classmethod
     def of(cls, rec: SandboxRecord, runtime_info: dict[str, Any] | None = None) -> SandboxOut:
@@ -158,6 +183,8 @@ class SandboxOut(BaseModel):
             error=rec.error,
             runtime_info=runtime_info or {},
             workspace=WorkspaceOut.model_validate(rec.workspace) if rec.workspace else None,
+            auto_stop=AutoStopOut.of(rec.auto_stop),
+            snapshot_id=rec.snapshot_id,
         )
 
 
@@ -198,6 +225,12 @@ class WorkspaceCreate(_Body):
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: int | None = Field(None, gt=0, description="Seconds until auto-stop; null = never.")
     network: NetworkIn | None = Field(None, description="Default: the server's default mode")
+    auto_stop: AutoStopIn | None = Field(
+        None, description="Idle policy; default: the server's (see docs/lifecycle.md)"
+    )
+    prebuild: bool = Field(
+        True, description="Start from the branch's newest ready prebuild (docs/prebuilds.md)"
+    )
 
 
 class GitCloneBody(_Body):

@@ -13,10 +13,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from atelier.cli import commands, ports, sandboxes, secrets, ssh, workspaces
+from atelier.cli import commands, lifecycle, ports, sandboxes, secrets, snapshots, ssh, workspaces
 from atelier.cli.context import CliState
 from atelier.cli.mcp import mcp
 from atelier.cli.output import console, exit_code_for, print_error
+from atelier.cli.prebuilds import app as prebuild_app
 from atelier.cli.templates import template_app
 from atelier.errors import AtelierError
 
@@ -108,6 +109,11 @@ app.command()(sandboxes.start)
 app.command()(sandboxes.rm)
 app.command()(sandboxes.logs)
 app.command()(sandboxes.timeout)
+app.command()(lifecycle.hibernate)
+app.command()(lifecycle.wake)
+app.command("auto-stop")(lifecycle.auto_stop)
+app.command()(lifecycle.fork)
+app.add_typer(snapshots.app, name="snapshot")
 app.command("ports")(ports.ports)
 app.command("port-forward")(ports.port_forward)
 app.command()(server)
@@ -115,6 +121,7 @@ app.command()(doctor)
 app.command()(mcp)
 app.add_typer(template_app, name="template")
 app.add_typer(secrets.app, name="secret")
+app.add_typer(prebuild_app, name="prebuild")
 app.add_typer(ssh.key_app, name="ssh-key")
 app.command()(ssh.ssh)
 app.command("config-ssh")(ssh.config_ssh)

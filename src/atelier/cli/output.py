@@ -35,6 +35,8 @@ _STATE_STYLE = {
     "creating": "cyan",
     "stopping": "yellow",
     "stopped": "yellow",
+    "paused": "blue",
+    "hibernated": "blue",
     "error": "red",
     "deleted": "dim",
 }

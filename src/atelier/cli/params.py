@@ -6,7 +6,7 @@ import re
 
 import typer
 
-__all__ = ["parse_pairs", "parse_size_mib", "parse_timeout"]
+__all__ = ["parse_duration", "parse_pairs", "parse_size_mib", "parse_timeout"]
 
 
 def parse_pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -47,3 +47,18 @@ def parse_timeout(value: str, option: str) -> int | None:
         )
     factor = {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
     return int(match.group(1)) * factor
+
+
+_DURATION_FACTOR = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | None, option: str) -> float | None:
+    """``90``, ``30s``, ``10m``, ``1.5h``, ``7d`` → seconds; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    match = re.match(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$", value.strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise typer.BadParameter(
+            f"expected a duration like 90, 30s, 10m, 2h or 7d, got {value!r}", param_hint=option
+        )
+    return float(match.group(1)) * _DURATION_FACTOR[match.group(2)]

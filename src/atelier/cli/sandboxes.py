@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from atelier.cli.context import state
+from atelier.cli.lifecycle import DeleteOpt, HibernateOpt, PauseOpt, auto_stop_options
 from atelier.cli.output import (
     console,
     exit_code_for,
@@ -65,6 +66,13 @@ def create(
     deny: Annotated[
         list[str] | None, typer.Option("--deny", help="A CIDR or domain it may not reach.")
     ] = None,
+    snapshot: Annotated[
+        str | None,
+        typer.Option("--snapshot", help="Start from this snapshot (id or name)."),
+    ] = None,
+    pause_after: PauseOpt = None,
+    hibernate_after: HibernateOpt = None,
+    delete_after: DeleteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create and start a sandbox; print its id."""
@@ -80,6 +88,8 @@ def create(
         timeout=parse_timeout(timeout_, "--timeout"),
         runtime=runtime,
         network=({"mode": network, "allow": allow or [], "deny": deny or []} if network else None),
+        snapshot=snapshot,
+        auto_stop=auto_stop_options(pause_after, hibernate_after, delete_after),
         **state(ctx).sdk_options(),
     )
     sb.close()

@@ -17,9 +17,11 @@ from ..network import NetworkPolicy
 
 __all__ = [
     "TRANSITIONS",
+    "AutoStop",
     "CreateRequest",
     "SandboxRecord",
     "SandboxState",
+    "SnapshotRecord",
     "TokenRecord",
     "check_transition",
     "require_running",
@@ -31,6 +33,7 @@ class SandboxState(enum.StrEnum):
     STARTING = "starting"  # booting again after a stop
     RUNNING = "running"
     PAUSED = "paused"  # frozen with its memory; costs no CPU
+    HIBERNATED = "hibernated"  # memory saved to disk; costs no CPU or RAM; wakes on use
     STOPPING = "stopping"
     STOPPED = "stopped"
     ERROR = "error"
@@ -41,8 +44,9 @@ S = SandboxState
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.RUNNING, S.ERROR, S.DELETED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.ERROR, S.DELETED}),
-    S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
-    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.ERROR, S.DELETED}),
+    S.RUNNING: frozenset({S.PAUSED, S.HIBERNATED, S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
+    S.PAUSED: frozenset({S.RUNNING, S.HIBERNATED, S.STOPPING, S.ERROR, S.DELETED}),
+    S.HIBERNATED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.ERROR, S.DELETED}),
     S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.DELETED}),
     S.STOPPED: frozenset({S.STARTING, S.ERROR, S.DELETED}),
     S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETED}),
@@ -51,6 +55,7 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
 
 _VERBS = {
     S.PAUSED: "pause",
+    S.HIBERNATED: "hibernate",
     S.STARTING: "start",
     S.STOPPING: "stop",
     S.DELETED: "delete",
@@ -61,6 +66,7 @@ _HINTS = {
     S.STOPPED: "start it first",
     S.ERROR: "start it again first",
     S.PAUSED: "resume it first",
+    S.HIBERNATED: "wake it first",
     S.CREATING: "wait until it is running",
     S.STARTING: "wait until it is running",
     S.STOPPING: "it is stopping",
@@ -100,6 +106,46 @@ class CreateRequest:
     labels: dict[str, str] = field(default_factory=dict)
     timeout: int | None = 300
     network: NetworkPolicy | None = None  # None: the server's default mode
+    snapshot: str | None = None  # start from this snapshot (id or name): core/snapshots.py
+    auto_stop: AutoStop | None = None  # None: the server's default policy
+
+
+@dataclass(frozen=True, slots=True)
+class AutoStop:
+    """Idle auto-stop policy of a sandbox (seconds of inactivity; each optional):
+    pause after ``pause_after``, hibernate after ``hibernate_after``, delete after
+    ``delete_after``. Applied by :mod:`atelier.core.idle`; see docs/lifecycle.md."""
+
+    pause_after: float | None = None
+    hibernate_after: float | None = None
+    delete_after: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        steps = (self.pause_after, self.hibernate_after, self.delete_after)
+        return all(step is None for step in steps)
+
+    def to_json(self) -> dict[str, float | None]:
+        return {
+            "pause_after": self.pause_after,
+            "hibernate_after": self.hibernate_after,
+            "delete_after": self.delete_after,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> AutoStop | None:
+        if not data:
+            return None
+        policy = cls(
+            pause_after=_seconds(data.get("pause_after")),
+            hibernate_after=_seconds(data.get("hibernate_after")),
+            delete_after=_seconds(data.get("delete_after")),
+        )
+        return None if policy.empty else policy
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(slots=True)
@@ -121,6 +167,9 @@ class SandboxRecord:
     error: str | None = None
     pooled: bool = False
     workspace: dict[str, Any] | None = None  # a workspace's repository, folder, user, setup
+    auto_stop: AutoStop | None = None  # idle policy (core/idle.py); None: never
+    snapshot_id: str | None = None  # the snapshot it was made from (core/snapshots.py)
+    last_active_at: datetime | None = None  # last use, as the idle tracker last saved it
 
     @property
     def default_user(self) -> str | None:
@@ -141,3 +190,28 @@ class TokenRecord:
     name: str
     admin: bool
     created_at: datetime
+
+
+@dataclass(slots=True)
+class SnapshotRecord:
+    """A saved sandbox (its file changes as a layer, optionally its memory),
+    stored in ``<data_dir>/snapshots/<id>/``: see core/snapshots.py."""
+
+    id: str
+    name: str | None
+    owner: str | None
+    sandbox_id: str  # the sandbox it was taken from (may since be deleted)
+    template: str
+    runtime: str
+    labels: dict[str, str]
+    has_memory: bool
+    size_bytes: int  # bytes on disk of its own layer + memory (parents' not counted)
+    created_at: datetime
+    template_version: int | None = None  # pinned: kept while the snapshot exists
+    parent_id: str | None = None  # the snapshot the source sandbox was made from
+    vcpus: int = 1
+    memory_mib: int = 512
+    disk_mib: int = 2048
+    env: dict[str, str] = field(default_factory=dict)
+    state: str = "ready"  # creating | ready
+    internal: bool = False  # a fork's: hidden, removed once no sandbox uses it

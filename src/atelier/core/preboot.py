@@ -76,13 +76,18 @@ class Preboots:
 
     def __init__(self, settings: Settings, wait_for_agent: WaitForAgent) -> None:
         self.root = settings.data_dir / "preboot"
+        self.enabled = settings.preboot
+        self.runtimes = frozenset(settings.preboot_runtimes)
         self._wait_for_agent = wait_for_agent
         self._jobs: dict[str, asyncio.Task[None]] = {}
 
-    @staticmethod
-    def supported(runtime: Runtime) -> bool:
-        return Capability.MEMORY_SNAPSHOT in runtime.capabilities() and hasattr(
-            runtime, "create_from_snapshot"
+    def supported(self, runtime: Runtime) -> bool:
+        """Whether creates on ``runtime`` restore pre-booted snapshots (the
+        settings' ``preboot`` and ``preboot_runtimes``, and the capability)."""
+        return (
+            self.enabled
+            and runtime.name in self.runtimes
+            and Capability.MEMORY_SNAPSHOT in runtime.capabilities()
         )
 
     def ready(self, shape: PrebootShape) -> Path | None:
@@ -115,7 +120,7 @@ class Preboots:
             disk_mib=like.disk_mib,
             hostname="sandbox",
         )
-        snapshotter: SnapshottingRuntime = runtime  # type: ignore[assignment]
+        snapshotter: SnapshottingRuntime = runtime
         try:
             await runtime.create(spec)
             await runtime.start(sandbox_id)

@@ -21,7 +21,16 @@ __all__ = ["Reconciler"]
 
 log = logging.getLogger("atelier.reconciler")
 S = SandboxState
-_LIVE = [S.CREATING, S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR]
+_LIVE = [
+    S.CREATING,
+    S.STARTING,
+    S.RUNNING,
+    S.PAUSED,
+    S.HIBERNATED,
+    S.STOPPING,
+    S.STOPPED,
+    S.ERROR,
+]
 
 
 class Reconciler:
@@ -34,6 +43,7 @@ class Reconciler:
         repo = self.service.repo
         records = await repo.list_sandboxes(states=_LIVE, pooled=None)
         known = {rec.id for rec in records}
+        await self.service.snapshots.recover()
         for rec in records:
             try:
                 await self.service.recover(rec)
@@ -51,7 +61,7 @@ class Reconciler:
     async def tick(self) -> None:
         repo = self.service.repo
         now = utcnow()
-        for rec in await repo.list_sandboxes(states=[S.RUNNING, S.PAUSED]):
+        for rec in await repo.list_sandboxes(states=[S.RUNNING, S.PAUSED, S.HIBERNATED]):
             if rec.expires_at is not None and rec.expires_at <= now:
                 log.info("sandbox %s reached its timeout; stopping it", rec.id)
                 try:

@@ -18,6 +18,7 @@ from atelier.sdk.commands import AsyncCommandHandle, AsyncCommands, CommandHandl
 from atelier.sdk.files import AsyncFiles, Files
 from atelier.sdk.git import AsyncGit, Git, GitFileStatus, GitStatus
 from atelier.sdk.models import (
+    AutoStop,
     CommandEvent,
     CommandResult,
     Exit,
@@ -27,15 +28,18 @@ from atelier.sdk.models import (
     ProcessInfo,
     SandboxInfo,
     SandboxState,
+    SnapshotInfo,
     Started,
     Stderr,
     Stdout,
     WorkspaceInfo,
 )
 from atelier.sdk.ports import AsyncPorts, PortEvent, PortInfo, Ports, PreviewLink
+from atelier.sdk.prebuilds import AsyncPrebuilds, PrebuildBuildInfo, PrebuildInfo, Prebuilds
 from atelier.sdk.pty import AsyncPty, AsyncPtySession, Pty, PtySession
 from atelier.sdk.sandbox import AsyncSandbox, Sandbox
 from atelier.sdk.secrets import AsyncSecrets, SecretInfo, Secrets
+from atelier.sdk.snapshots import AsyncSnapshots, Snapshots
 from atelier.sdk.ssh_keys import AsyncSSHKeys, SSHGatewayInfo, SSHKeyInfo, SSHKeys
 from atelier.sdk.templates import (
     AsyncOperation,
@@ -56,13 +60,16 @@ __all__ = [
     "AsyncGit",
     "AsyncOperation",
     "AsyncPorts",
+    "AsyncPrebuilds",
     "AsyncPty",
     "AsyncPtySession",
     "AsyncResponseStream",
     "AsyncSSHKeys",
     "AsyncSandbox",
     "AsyncSecrets",
+    "AsyncSnapshots",
     "AsyncTemplates",
+    "AutoStop",
     "CodeContext",
     "CodeInterpreter",
     "CommandEvent",
@@ -88,6 +95,9 @@ __all__ = [
     "PortEvent",
     "PortInfo",
     "Ports",
+    "PrebuildBuildInfo",
+    "PrebuildInfo",
+    "Prebuilds",
     "PreviewLink",
     "ProcessInfo",
     "Pty",
@@ -102,6 +112,8 @@ __all__ = [
     "SandboxState",
     "SecretInfo",
     "Secrets",
+    "SnapshotInfo",
+    "Snapshots",
     "Started",
     "Stderr",
     "Stdout",

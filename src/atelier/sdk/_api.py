@@ -24,12 +24,14 @@ from atelier.sdk._base import (
     parse_none,
 )
 from atelier.sdk.models import (
+    AutoStop,
     CommandEvent,
     FileEvent,
     FileInfo,
     GitAuth,
     ProcessInfo,
     SandboxInfo,
+    SnapshotInfo,
 )
 
 __all__ = [
@@ -39,10 +41,12 @@ __all__ = [
     "create_workspace",
     "delete_sandbox",
     "file_exists",
+    "fork_sandbox",
     "format_mode",
     "get_sandbox",
     "git_clone",
     "git_sync",
+    "hibernate_sandbox",
     "list_files",
     "list_processes",
     "list_sandboxes",
@@ -60,11 +64,14 @@ __all__ = [
     "sandbox_logs",
     "send_stdin",
     "server_info",
+    "set_auto_stop",
     "set_timeout",
     "signal_process",
+    "snapshot_sandbox",
     "start_sandbox",
     "stat_file",
     "stop_sandbox",
+    "wake_sandbox",
     "watch",
     "write_file",
 ]
@@ -138,11 +145,24 @@ def create_sandbox(
     labels: Mapping[str, str] | None,
     timeout: int | None,
     network: Mapping[str, Any] | None = None,
+    snapshot: str | None = None,
+    auto_stop: AutoStop | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
+    """With ``snapshot``, the template is the snapshot's, and so are the vcpus,
+    memory and disk left at their ``defaults`` (the SDK's signature defaults)."""
     body = {
         "template": template,
         **_shape(runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network),
     }
+    if snapshot is not None:
+        body["snapshot"] = snapshot
+        del body["template"]
+        for key, value in (defaults or {}).items():
+            if body.get(key) == value:
+                del body[key]
+    if auto_stop is not None:
+        body["auto_stop"] = auto_stop.to_json()
     return Call("POST", "/v1/sandboxes", _sandbox, json=body)
 
 
@@ -163,6 +183,8 @@ def create_workspace(
     labels: Mapping[str, str] | None,
     timeout: int | None,
     network: Mapping[str, Any] | None = None,
+    auto_stop: AutoStop | None = None,
+    prebuild: bool = True,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {
         "repo": repo,
@@ -175,6 +197,10 @@ def create_workspace(
     }
     if credentials is not None:
         body["credentials"] = credentials.to_json()
+    if auto_stop is not None:
+        body["auto_stop"] = auto_stop.to_json()
+    if not prebuild:  # default: start from a ready prebuild of the branch (docs/prebuilds.md)
+        body["prebuild"] = False
     return Call("POST", "/v1/workspaces", _sandbox, json=body)
 
 
@@ -245,6 +271,38 @@ def pause_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
 
 def resume_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
     return Call("POST", f"{_sb(sandbox_id)}/resume", _sandbox)
+
+
+def hibernate_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("POST", f"{_sb(sandbox_id)}/hibernate", _sandbox)
+
+
+def wake_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("POST", f"{_sb(sandbox_id)}/wake", _sandbox)
+
+
+def set_auto_stop(sandbox_id: str, policy: AutoStop | None) -> Call[SandboxInfo]:
+    body = (policy or AutoStop()).to_json()
+    return Call("PUT", f"{_sb(sandbox_id)}/auto-stop", _sandbox, json=body)
+
+
+def snapshot_sandbox(
+    sandbox_id: str, name: str | None, labels: Mapping[str, str] | None, memory: bool | None
+) -> Call[SnapshotInfo]:
+    body = {"name": name, "labels": dict(labels or {}), "memory": memory}
+    return Call(
+        "POST",
+        f"{_sb(sandbox_id)}/snapshots",
+        lambda r: SnapshotInfo.from_json(r.json()),
+        json=body,
+    )
+
+
+def fork_sandbox(sandbox_id: str, count: int) -> Call[list[SandboxInfo]]:
+    def parse(response: httpx.Response) -> list[SandboxInfo]:
+        return [SandboxInfo.from_json(s) for s in response.json()["sandboxes"]]
+
+    return Call("POST", f"{_sb(sandbox_id)}/fork", parse, json={"count": count})
 
 
 def start_sandbox(sandbox_id: str) -> Call[SandboxInfo]:

@@ -134,6 +134,7 @@ class SyncHttp:
         self, config: ConnectionConfig, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.config = config
+        self._transport = transport
         self._client = httpx.Client(
             base_url=config.api_url,
             headers=config.headers,
@@ -141,6 +142,10 @@ class SyncHttp:
             transport=transport,
             verify=_tls_context(),
         )
+
+    def sibling(self) -> SyncHttp:
+        """A client of its own to the same server (for another ``Sandbox`` object)."""
+        return SyncHttp(self.config, self._transport)
 
     def call(self, call: Call[T], content: bytes | Iterator[bytes] | None = None) -> T:
         with translate_errors(f"{call.method} {call.path}"):
@@ -246,6 +251,7 @@ class AsyncHttp:
         self, config: ConnectionConfig, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.config = config
+        self._transport = transport
         self._client = httpx.AsyncClient(
             base_url=config.api_url,
             headers=config.headers,
@@ -253,6 +259,10 @@ class AsyncHttp:
             transport=transport,
             verify=_tls_context(),
         )
+
+    def sibling(self) -> AsyncHttp:
+        """A client of its own to the same server (for another ``AsyncSandbox``)."""
+        return AsyncHttp(self.config, self._transport)
 
     async def call(self, call: Call[T], content: bytes | AsyncIterator[bytes] | None = None) -> T:
         with translate_errors(f"{call.method} {call.path}"):

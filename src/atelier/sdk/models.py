@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 __all__ = [
+    "AutoStop",
     "CommandEvent",
     "CommandResult",
     "Exit",
@@ -21,6 +22,7 @@ __all__ = [
     "ProcessInfo",
     "SandboxInfo",
     "SandboxState",
+    "SnapshotInfo",
     "Started",
     "Stderr",
     "Stdout",
@@ -53,6 +55,7 @@ class SandboxState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     PAUSED = "paused"
+    HIBERNATED = "hibernated"  # memory on disk, no RAM used; wakes on the next call
     STOPPING = "stopping"
     STOPPED = "stopped"
     ERROR = "error"
@@ -79,6 +82,8 @@ class SandboxInfo:
     error: str | None = None
     runtime_info: dict[str, Any] = field(default_factory=dict)  # e.g. {"accel": "tcg"}
     workspace: WorkspaceInfo | None = None  # set for sandboxes made from a repository
+    auto_stop: AutoStop | None = None  # the idle policy, if any
+    snapshot_id: str | None = None  # the snapshot it was made from
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
@@ -99,6 +104,81 @@ class SandboxInfo:
             error=None if data.get("error") is None else str(data["error"]),
             runtime_info=dict(data.get("runtime_info") or {}),
             workspace=WorkspaceInfo.from_json(data["workspace"]) if data.get("workspace") else None,
+            auto_stop=AutoStop.from_json(data.get("auto_stop")),
+            snapshot_id=data.get("snapshot_id"),
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class AutoStop:
+    """A sandbox's idle policy: after how many idle seconds it is paused, hibernated
+    and deleted (each optional; each given one longer than the one before). Idle:
+    no command, file or code call, no open terminal, SSH session, tunnel or preview
+    request. A paused or hibernated sandbox wakes by itself on the next call."""
+
+    pause_after: float | None = None
+    hibernate_after: float | None = None
+    delete_after: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        return {
+            "pause_after": self.pause_after,
+            "hibernate_after": self.hibernate_after,
+            "delete_after": self.delete_after,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> AutoStop | None:
+        if not data:
+            return None
+        return cls(
+            pause_after=_opt_float(data.get("pause_after")),
+            hibernate_after=_opt_float(data.get("hibernate_after")),
+            delete_after=_opt_float(data.get("delete_after")),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A saved sandbox: its files (and memory, if ``has_memory``), to start
+    sandboxes from (``Sandbox.create(snapshot=...)``)."""
+
+    id: str
+    name: str | None
+    sandbox_id: str
+    template: str
+    runtime: str
+    has_memory: bool
+    size_bytes: int  # on disk: its own layer and memory
+    labels: dict[str, str] = field(default_factory=dict)
+    parent_id: str | None = None
+    template_version: int | None = None
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_mib: int = 0
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SnapshotInfo:
+        return cls(
+            id=str(data["id"]),
+            name=data.get("name"),
+            sandbox_id=str(data.get("sandbox_id", "")),
+            template=str(data.get("template", "")),
+            runtime=str(data.get("runtime", "")),
+            has_memory=bool(data.get("has_memory")),
+            size_bytes=int(data.get("size_bytes", 0)),
+            labels=_str_dict(data.get("labels")),
+            parent_id=data.get("parent_id"),
+            template_version=_opt_int(data.get("template_version")),
+            vcpus=int(data.get("vcpus", 0)),
+            memory_mib=int(data.get("memory_mib", 0)),
+            disk_mib=int(data.get("disk_mib", 0)),
+            created_at=parse_datetime(data.get("created_at")),
         )
 
 
@@ -118,6 +198,7 @@ class WorkspaceInfo:
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     forward_ports: list[str] = field(default_factory=list)
+    prebuild: dict[str, str] | None = None  # the prebuild it started from (id, build, commit)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkspaceInfo:
@@ -134,6 +215,7 @@ class WorkspaceInfo:
             lifecycle=[dict(step) for step in data.get("lifecycle") or []],
             warnings=[str(w) for w in data.get("warnings") or []],
             forward_ports=[str(p) for p in data.get("forward_ports") or []],
+            prebuild=dict(data["prebuild"]) if data.get("prebuild") else None,
         )
 
 

@@ -38,7 +38,7 @@ from atelier.sdk.code import (
 from atelier.sdk.commands import AsyncCommands, Commands
 from atelier.sdk.files import AsyncFiles, Files
 from atelier.sdk.git import AsyncGit, Git
-from atelier.sdk.models import GitAuth, SandboxInfo, SandboxState
+from atelier.sdk.models import AutoStop, GitAuth, SandboxInfo, SandboxState, SnapshotInfo
 from atelier.sdk.ports import AsyncPorts, Ports
 from atelier.sdk.pty import AsyncPty, Pty
 
@@ -65,6 +65,9 @@ def _create_call(
     labels: Mapping[str, str] | None,
     timeout: int | None,
     network: Mapping[str, Any] | None,
+    prebuild: bool = True,
+    snapshot: str | None = None,
+    auto_stop: AutoStop | None = None,
 ) -> Call[SandboxInfo]:
     if repo is None:
         if any(x is not None for x in (ref, devcontainer, git_auth, git_secret)):
@@ -72,13 +75,21 @@ def _create_call(
         return api.create_sandbox(
             template=template, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
             disk_mib=disk_mib, env=env, labels=labels, timeout=timeout, network=network,
+            snapshot=snapshot, auto_stop=auto_stop, defaults=_SHAPE_DEFAULTS,
         )  # fmt: skip
+    if snapshot is not None:
+        raise InvalidRequest("snapshot= and repo= cannot be combined")
     return api.create_workspace(
         repo=repo, ref=ref, devcontainer=devcontainer, depth=depth, credentials=git_auth,
         secret=git_secret,
         local_env=local_env, runtime=runtime, vcpus=vcpus, memory_mib=memory_mib,
         disk_mib=disk_mib, env=env, labels=labels, timeout=timeout, network=network,
+        prebuild=prebuild, auto_stop=auto_stop,
     )  # fmt: skip
+
+
+# left at these, a sandbox made from a snapshot takes the snapshot's instead
+_SHAPE_DEFAULTS = {"vcpus": 1, "memory_mib": 512, "disk_mib": 2048}
 
 
 def _deleted(info: SandboxInfo) -> SandboxInfo:
@@ -130,6 +141,9 @@ class Sandbox:
         git_secret: str | None = None,
         depth: int | None = 1,
         local_env: Mapping[str, str] | None = None,
+        prebuild: bool = True,
+        snapshot: str | None = None,
+        auto_stop: AutoStop | None = None,
         api_url: str | None = None,
         token: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -143,15 +157,23 @@ class Sandbox:
         uses its ``devcontainer.json`` (``devcontainer`` picks one of several)
         for the image, resources,
         environment and lifecycle commands, and returns once the commands up to
-        ``waitFor`` ran; ``template`` is then ignored. ``request_timeout``
+        ``waitFor`` ran; ``template`` is then ignored. A ready prebuild of the
+        branch is started from unless ``prebuild=False`` (docs/prebuilds.md).
+        ``request_timeout``
         defaults to 30 minutes for this call (an image may be pulled or built).
+
+        With ``snapshot`` (an id or name) it starts from that snapshot: its
+        template, files and (if saved) running processes; vcpus, memory and
+        disk left at their defaults are the snapshot's. ``auto_stop`` is the
+        idle policy (default: the server's): see :class:`~atelier.sdk.AutoStop`.
         """
         if repo is not None and request_timeout == DEFAULT_REQUEST_TIMEOUT:
             request_timeout = WORKSPACE_REQUEST_TIMEOUT
         http = cls._open_http(api_url, token, request_timeout, transport)
         call = _create_call(
             template, repo, ref, devcontainer, git_auth, git_secret, depth, local_env,
-            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network, prebuild,
+            snapshot, auto_stop,
         )  # fmt: skip
         try:
             return cls(http.call(call), http)
@@ -227,6 +249,39 @@ class Sandbox:
     def start(self) -> SandboxInfo:
         self._info = self._http.call(api.start_sandbox(self.id))
         return self._info
+
+    def hibernate(self) -> SandboxInfo:
+        """Save memory to disk and free the RAM; the next call that needs the
+        sandbox (a command, a file...) wakes it, or :meth:`wake`."""
+        self._info = self._http.call(api.hibernate_sandbox(self.id))
+        return self._info
+
+    def wake(self) -> SandboxInfo:
+        """Bring a hibernated or paused sandbox back (its processes as they were)."""
+        self._info = self._http.call(api.wake_sandbox(self.id))
+        return self._info
+
+    def set_auto_stop(self, policy: AutoStop | None) -> SandboxInfo:
+        """Replace the idle policy (``None``: never stop by itself)."""
+        self._info = self._http.call(api.set_auto_stop(self.id, policy))
+        return self._info
+
+    def snapshot(
+        self,
+        name: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        memory: bool | None = None,
+    ) -> SnapshotInfo:
+        """Save the sandbox's files (and memory: ``None`` = if the runtime can);
+        it keeps running. Start sandboxes from it with ``create(snapshot=...)``."""
+        return self._http.call(api.snapshot_sandbox(self.id, name, labels, memory))
+
+    def fork(self, count: int = 1) -> builtins.list[Sandbox]:
+        """``count`` copies of this sandbox (files and, where possible, running
+        processes), each independent from then on; all or none are made."""
+        infos = self._http.call(api.fork_sandbox(self.id, count))
+        return [Sandbox(info, self._http.sibling()) for info in infos]
 
     def set_timeout(self, seconds: int | None) -> SandboxInfo:
         """Stop the sandbox ``seconds`` from now (``None``: never)."""
@@ -339,6 +394,9 @@ class AsyncSandbox:
         git_secret: str | None = None,
         depth: int | None = 1,
         local_env: Mapping[str, str] | None = None,
+        prebuild: bool = True,
+        snapshot: str | None = None,
+        auto_stop: AutoStop | None = None,
         api_url: str | None = None,
         token: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -350,7 +408,8 @@ class AsyncSandbox:
         http = cls._open_http(api_url, token, request_timeout, transport)
         call = _create_call(
             template, repo, ref, devcontainer, git_auth, git_secret, depth, local_env,
-            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network,
+            runtime, vcpus, memory_mib, disk_mib, env, labels, timeout, network, prebuild,
+            snapshot, auto_stop,
         )  # fmt: skip
         try:
             return cls(await http.call(call), http)
@@ -423,6 +482,34 @@ class AsyncSandbox:
     async def start(self) -> SandboxInfo:
         self._info = await self._http.call(api.start_sandbox(self.id))
         return self._info
+
+    async def hibernate(self) -> SandboxInfo:
+        """See :meth:`Sandbox.hibernate`."""
+        self._info = await self._http.call(api.hibernate_sandbox(self.id))
+        return self._info
+
+    async def wake(self) -> SandboxInfo:
+        self._info = await self._http.call(api.wake_sandbox(self.id))
+        return self._info
+
+    async def set_auto_stop(self, policy: AutoStop | None) -> SandboxInfo:
+        self._info = await self._http.call(api.set_auto_stop(self.id, policy))
+        return self._info
+
+    async def snapshot(
+        self,
+        name: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        memory: bool | None = None,
+    ) -> SnapshotInfo:
+        """See :meth:`Sandbox.snapshot`."""
+        return await self._http.call(api.snapshot_sandbox(self.id, name, labels, memory))
+
+    async def fork(self, count: int = 1) -> builtins.list[AsyncSandbox]:
+        """See :meth:`Sandbox.fork`."""
+        infos = await self._http.call(api.fork_sandbox(self.id, count))
+        return [AsyncSandbox(info, self._http.sibling()) for info in infos]
 
     async def set_timeout(self, seconds: int | None) -> SandboxInfo:
         self._info = await self._http.call(api.set_timeout(self.id, seconds))

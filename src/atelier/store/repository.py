@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from ..core.models import SandboxRecord, SandboxState, TokenRecord
+from ..core.models import AutoStop, SandboxRecord, SandboxState, TokenRecord
 from ..errors import SandboxNotFound
 from .db import Database
-from .tables import EventRow, OperationRow, SandboxLabelRow, SandboxRow, TokenRow
+from .tables import EventRow, OperationRow, SandboxLabelRow, SandboxRow, SnapshotRow, TokenRow
 
 __all__ = ["Repository", "utcnow"]
 
@@ -48,6 +48,9 @@ def _record(row: SandboxRow) -> SandboxRecord:
         error=row.error,
         pooled=row.pooled,
         workspace=dict(row.workspace) if row.workspace else None,
+        auto_stop=AutoStop.from_json(row.auto_stop),
+        snapshot_id=row.snapshot_id,
+        last_active_at=_utc(row.last_active_at),
     )
 
 
@@ -75,6 +78,9 @@ class Repository:
                 error=rec.error,
                 pooled=rec.pooled,
                 workspace=rec.workspace,
+                auto_stop=rec.auto_stop.to_json() if rec.auto_stop else None,
+                snapshot_id=rec.snapshot_id,
+                last_active_at=rec.last_active_at,
             )
             row.labels = [SandboxLabelRow(key=k, value=v) for k, v in rec.labels.items()]
             s.add(row)
@@ -120,6 +126,8 @@ class Repository:
         labels = fields.pop("labels", None)
         if isinstance(fields.get("state"), SandboxState):
             fields["state"] = fields["state"].value
+        if isinstance(fields.get("auto_stop"), AutoStop):
+            fields["auto_stop"] = fields["auto_stop"].to_json()
         async with self.db.session() as s, s.begin():
             row = await s.get(SandboxRow, sandbox_id)
             if row is None:
@@ -259,10 +267,11 @@ class Repository:
 
     # -- templates in use ------------------------------------------------------
     async def template_usage(self, template: str) -> tuple[list[str], set[int] | None]:
-        """(ids of the sandboxes, in any state but deleted, made from ``template``;
-        the template versions they are pinned to). The versions are None when a
-        sandbox's version is not known yet (it is being created, or it predates
-        versioned templates): the caller then keeps every version."""
+        """(ids of the sandboxes, in any state but deleted, and of the snapshots
+        made from ``template``; the template versions they are pinned to). The
+        versions are None when a sandbox's version is not known yet (it is being
+        created, or it predates versioned templates): the caller then keeps every
+        version."""
         async with self.db.session() as s:
             ids = list(
                 (
@@ -274,12 +283,20 @@ class Repository:
                     )
                 ).all()
             )
-            if not ids:
+            snapshots = (
+                await s.execute(
+                    select(SnapshotRow.id, SnapshotRow.template_version)
+                    .where(SnapshotRow.template == template)
+                    .order_by(SnapshotRow.created_at)
+                )
+            ).all()
+            if not ids and not snapshots:
                 return [], set()
         pins = await self.template_pins(ids)
-        if any(sid not in pins for sid in ids):
-            return ids, None
-        return ids, set(pins.values())
+        users = ids + [snap_id for snap_id, _version in snapshots]
+        if any(sid not in pins for sid in ids) or any(v is None for _i, v in snapshots):
+            return users, None
+        return users, set(pins.values()) | {v for _i, v in snapshots if v is not None}
 
     async def template_pins(self, sandbox_ids: list[str]) -> dict[str, int]:
         """The template version each sandbox was created from, as its ``create``

@@ -12,11 +12,16 @@ __all__ = [
     "Base",
     "EventRow",
     "OperationRow",
+    "PrebuildBuildRow",
+    "PrebuildRow",
     "SSHKeyRow",
     "SandboxLabelRow",
     "SandboxRow",
     "SecretRow",
+    "SnapshotLabelRow",
+    "SnapshotRow",
     "TokenRow",
+    "WebhookDeliveryRow",
 ]
 
 
@@ -55,6 +60,11 @@ class SandboxRow(Base):
     pooled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # set for workspaces (sandboxes made from a git repository): see core/workspaces
     workspace: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # idle policy {pause_after, hibernate_after, delete_after} (core/idle.py)
+    auto_stop: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_active_at: Mapped[datetime | None]
+    # the snapshot it was made from, which it keeps in use (core/snapshots.py)
+    snapshot_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     labels: Mapped[list[SandboxLabelRow]] = relationship(
         cascade="all, delete-orphan", lazy="selectin"
@@ -136,3 +146,104 @@ class SSHKeyRow(Base):
     public_key: Mapped[str] = mapped_column(Text)  # OpenSSH one-line form, no comment
     fingerprint: Mapped[str] = mapped_column(String(100))  # "SHA256:..."
     created_at: Mapped[datetime]
+
+
+class SnapshotRow(Base):
+    """A saved sandbox: its file layer (and memory) under ``<data_dir>/snapshots/<id>``;
+    see ``core/snapshots.py``. ``parent_id``'s layers lie below its own."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_owner_name", "owner", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    sandbox_id: Mapped[str] = mapped_column(String(32))
+    template: Mapped[str] = mapped_column(String(200), index=True)
+    template_version: Mapped[int | None] = mapped_column(Integer)
+    runtime: Mapped[str] = mapped_column(String(50))
+    has_memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20))
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+    labels: Mapped[list[SnapshotLabelRow]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class SnapshotLabelRow(Base):
+    __tablename__ = "snapshot_labels"
+    __table_args__ = (Index("ix_snapshot_labels_kv", "key", "value"),)
+
+    snapshot_id: Mapped[str] = mapped_column(
+        ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+class PrebuildRow(Base):
+    """A repository + branch kept prebuilt (see ``core/prebuilds``)."""
+
+    __tablename__ = "prebuilds"
+    __table_args__ = (Index("ix_prebuilds_owner_repo", "owner", "repo", "branch"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    repo: Mapped[str] = mapped_column(String(2048))
+    branch: Mapped[str] = mapped_column(String(256))
+    devcontainer: Mapped[str | None] = mapped_column(String(1024))
+    git_secret: Mapped[str | None] = mapped_column(String(100))
+    env_secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    keep: Mapped[int] = mapped_column(Integer)
+    webhook_provider: Mapped[str | None] = mapped_column(String(20))
+    webhook_secret: Mapped[str | None] = mapped_column(Text)  # Fernet ciphertext
+    poll_interval: Mapped[int | None] = mapped_column(Integer)
+    runtime: Mapped[str | None] = mapped_column(String(50))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    last_polled_at: Mapped[datetime | None]
+
+
+class PrebuildBuildRow(Base):
+    """One prebuild of one commit; (prebuild, commit) is unique: once per commit."""
+
+    __tablename__ = "prebuild_builds"
+    __table_args__ = (
+        Index("ix_prebuild_builds_commit", "prebuild_id", "commit", unique=True),
+        Index("ix_prebuild_builds_state", "prebuild_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prebuild_id: Mapped[str] = mapped_column(ForeignKey("prebuilds.id", ondelete="CASCADE"))
+    commit: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20))
+    trigger: Mapped[str] = mapped_column(String(50))
+    operation_id: Mapped[str | None] = mapped_column(String(32))
+    snapshot_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    workspace: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookDeliveryRow(Base):
+    """Delivery ids a prebuild's webhook has received: a second one is a replay."""
+
+    __tablename__ = "webhook_deliveries"
+
+    prebuild_id: Mapped[str] = mapped_column(
+        ForeignKey("prebuilds.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from ...core.models import require_running
 from ...errors import AtelierError, AuthenticationError, SandboxNotFound
 from ..deps import AppContext, bearer_token
 from .http import Forwarding, proxy_http
@@ -190,55 +189,56 @@ class PreviewMiddleware:
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        try:
-            require_running(rec.id, rec.state)
-            agent = await ctx.sandboxes.agents.get(rec.id, rec.runtime)
+        try:  # a paused or hibernated sandbox is woken first; counts as activity
+            rec, agent = await ctx.sandboxes.use(rec.id)
         except AtelierError as exc:
             await fail(exc)
             return
-        scheme = scope.get("scheme", "http")
-        client = scope.get("client")
-        fwd = Forwarding(
-            client_ip=client[0] if client else None,
-            proto="https" if scheme in ("https", "wss") else "http",
-            host=_header(scope, b"host"),
-            prefix=target.prefix,
-            port=target.port,
-        )
-        path = target.rest.decode("latin-1")
-        upstream_target = path + (f"?{query}" if query else "")
-        drop = (b"authorization",) if auth.used_header else ()
-        if is_ws:
-            await proxy_websocket(
-                scope,
-                receive,
-                send,
-                agent=agent,
+        with ctx.sandboxes.activity.attached(rec.id):  # not idle while a request or
+            # a WebSocket to its preview is open
+            scheme = scope.get("scheme", "http")
+            client = scope.get("client")
+            fwd = Forwarding(
+                client_ip=client[0] if client else None,
+                proto="https" if scheme in ("https", "wss") else "http",
+                host=_header(scope, b"host"),
+                prefix=target.prefix,
                 port=target.port,
-                fwd=fwd,
-                target=upstream_target,
-                drop_headers=drop,
-                strip_cookie=COOKIE.encode(),
-                deny=fail,
             )
-            return
-        try:
-            await proxy_http(
-                scope,
-                receive,
-                send,
-                agent=agent,
-                sandbox_id=target.sandbox_id,
-                port=target.port,
-                fwd=fwd,
-                target=upstream_target,
-                pool=state,
-                extra_response_headers=cookie_headers,
-                drop_headers=drop,
-                strip_cookie=COOKIE.encode(),
-            )
-        except AtelierError as exc:
-            await fail(exc)  # only raised before the response started
+            path = target.rest.decode("latin-1")
+            upstream_target = path + (f"?{query}" if query else "")
+            drop = (b"authorization",) if auth.used_header else ()
+            if is_ws:
+                await proxy_websocket(
+                    scope,
+                    receive,
+                    send,
+                    agent=agent,
+                    port=target.port,
+                    fwd=fwd,
+                    target=upstream_target,
+                    drop_headers=drop,
+                    strip_cookie=COOKIE.encode(),
+                    deny=fail,
+                )
+                return
+            try:
+                await proxy_http(
+                    scope,
+                    receive,
+                    send,
+                    agent=agent,
+                    sandbox_id=target.sandbox_id,
+                    port=target.port,
+                    fwd=fwd,
+                    target=upstream_target,
+                    pool=state,
+                    extra_response_headers=cookie_headers,
+                    drop_headers=drop,
+                    strip_cookie=COOKIE.encode(),
+                )
+            except AtelierError as exc:
+                await fail(exc)  # only raised before the response started
 
     async def _authorize(
         self, scope: Scope, ctx: AppContext, state: PreviewState, target: _Target, rec: Any

@@ -107,7 +107,8 @@ async def run_code(
     cell = await interpreter.execute(
         rec, agent, body.code, language=body.language, context=body.context, timeout=body.timeout
     )
-    return StreamingResponse(_ndjson(cell), media_type=NDJSON)
+    events = ctx.sandboxes.activity.hold(rec.id, _ndjson(cell))  # not idle while it runs
+    return StreamingResponse(events, media_type=NDJSON)
 
 
 @router.get("/contexts", response_model=CodeContextListOut)

@@ -55,7 +55,8 @@ async def run_command(sandbox_id: str, body: CommandBody, ctx: Ctx, principal: A
             raise ProcessNotFound(f"background process {pid} is not in the agent's table")
         payload = ProcessOut.model_validate(info).model_dump(mode="json")
         return JSONResponse(payload, status_code=201)
-    return StreamingResponse(ndjson_events(session, first), media_type=NDJSON)
+    events = ctx.sandboxes.activity.hold(rec.id, ndjson_events(session, first))
+    return StreamingResponse(events, media_type=NDJSON)
 
 
 @router.get("", response_model=ProcessListOut)
@@ -67,14 +68,15 @@ async def list_processes(sandbox_id: str, ctx: Ctx, principal: Auth) -> ProcessL
 
 @router.get("/{pid}/events", responses={200: {"content": {NDJSON: {}}}})
 async def process_events(sandbox_id: str, pid: int, ctx: Ctx, principal: Auth) -> Response:
-    _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
+    rec, agent = await ctx.sandboxes.agent(principal, sandbox_id)
     session = await agent.attach(pid)
     try:
         first = await anext(session)
     except BaseException:
         await session.detach()
         raise
-    return StreamingResponse(ndjson_events(session, first), media_type=NDJSON)
+    events = ctx.sandboxes.activity.hold(rec.id, ndjson_events(session, first))
+    return StreamingResponse(events, media_type=NDJSON)
 
 
 @router.post("/{pid}/stdin", status_code=204, response_class=Response)

@@ -212,7 +212,7 @@ async def tunnel_socket(ws: WebSocket, sandbox_id: str, port: int) -> None:
 
             raise InvalidRequest(f"port must be between 1 and 65535, got {port}")
         principal = await authenticate_websocket(ws)
-        _, agent = await ctx.sandboxes.agent(principal, sandbox_id)
+        rec, agent = await ctx.sandboxes.agent(principal, sandbox_id)
         tunnel = await agent.open_tunnel(port)
     except AtelierError as exc:
         await ws.accept()
@@ -220,9 +220,10 @@ async def tunnel_socket(ws: WebSocket, sandbox_id: str, port: int) -> None:
         await ws.close(code=_CLOSE_FOR_STATUS.get(exc.status, 1011), reason=exc.code)
         return
     try:
-        await ws.accept()
-        await ws.send_text('{"type":"connected"}')
-        await _relay(ws, tunnel)
+        with ctx.sandboxes.activity.attached(rec.id):  # not idle while the tunnel is open
+            await ws.accept()
+            await ws.send_text('{"type":"connected"}')
+            await _relay(ws, tunnel)
     finally:
         await tunnel.close()
 

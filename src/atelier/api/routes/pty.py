@@ -47,6 +47,11 @@ async def pty_socket(
         await ws.close(code=_CLOSE_FOR_STATUS.get(exc.status, 1011), reason=exc.code)
         return
     await ws.accept()
+    with ctx.sandboxes.activity.attached(rec.id):  # not idle while the terminal is open
+        await _serve(ws, session)
+
+
+async def _serve(ws: WebSocket, session: PtySession) -> None:
     pump = asyncio.get_running_loop().create_task(_pump_input(ws, session))
     try:
         async for event in session:

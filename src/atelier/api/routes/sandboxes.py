@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 from ...core.models import CreateRequest, SandboxState
 from ...errors import InvalidRequest
 from ..deps import Auth, Ctx
+from ..lifecycle_schemas import AutoStopIn, ForkBody, SnapshotCreate, SnapshotOut
 from ..schemas import (
     ClientEventIn,
     EventList,
@@ -39,16 +40,24 @@ def parse_labels(raw: list[str]) -> dict[str, str]:
 
 @router.post("", status_code=201, response_model=SandboxOut)
 async def create_sandbox(body: SandboxCreate, ctx: Ctx, principal: Auth) -> SandboxOut:
+    shape = {"vcpus": body.vcpus, "memory_mib": body.memory_mib, "disk_mib": body.disk_mib}
+    template, env = body.template, body.env
+    if body.snapshot is not None:  # its template; its shape and env unless given
+        snap = await ctx.snapshots.get(principal, body.snapshot)
+        given = body.model_fields_set
+        template = body.template if "template" in given else snap.template
+        shape = {k: v if k in given else getattr(snap, k) for k, v in shape.items()}
+        env = {**snap.env, **body.env}
     req = CreateRequest(
-        template=body.template,
+        template=template,
         runtime=body.runtime,
-        vcpus=body.vcpus,
-        memory_mib=body.memory_mib,
-        disk_mib=body.disk_mib,
-        env=body.env,
+        env=env,
         labels=body.labels,
         timeout=body.timeout,
         network=body.network.policy() if body.network else None,
+        snapshot=body.snapshot,
+        auto_stop=body.auto_stop.policy() if body.auto_stop else None,
+        **shape,
     )
     return SandboxOut.of(await ctx.sandboxes.create(principal, req))
 
@@ -99,6 +108,43 @@ async def pause_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOu
 @router.post("/{sandbox_id}/resume", response_model=SandboxOut)
 async def resume_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
     return SandboxOut.of(await ctx.sandboxes.resume(principal, sandbox_id))
+
+
+@router.post("/{sandbox_id}/hibernate", response_model=SandboxOut)
+async def hibernate_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    """Save memory to disk and free RAM (needs the HIBERNATE capability); the
+    sandbox wakes by itself on the next call that needs it."""
+    return SandboxOut.of(await ctx.sandboxes.hibernate(principal, sandbox_id))
+
+
+@router.post("/{sandbox_id}/wake", response_model=SandboxOut)
+async def wake_sandbox(sandbox_id: str, ctx: Ctx, principal: Auth) -> SandboxOut:
+    """Bring a hibernated or paused sandbox back (a running one is returned as is)."""
+    return SandboxOut.of(await ctx.sandboxes.wake(principal, sandbox_id))
+
+
+@router.put("/{sandbox_id}/auto-stop", response_model=SandboxOut)
+async def set_auto_stop(sandbox_id: str, body: AutoStopIn, ctx: Ctx, principal: Auth) -> SandboxOut:
+    """Replace the idle policy (all fields null: never auto-stop)."""
+    return SandboxOut.of(await ctx.sandboxes.set_auto_stop(principal, sandbox_id, body.policy()))
+
+
+@router.post("/{sandbox_id}/snapshots", status_code=201, response_model=SnapshotOut)
+async def snapshot_sandbox(
+    sandbox_id: str, body: SnapshotCreate, ctx: Ctx, principal: Auth
+) -> SnapshotOut:
+    """Save the sandbox's files (and memory) as a snapshot; it keeps running."""
+    snap = await ctx.snapshots.create(
+        principal, sandbox_id, name=body.name, labels=body.labels, memory=body.memory
+    )
+    return SnapshotOut.of(snap)
+
+
+@router.post("/{sandbox_id}/fork", status_code=201, response_model=SandboxList)
+async def fork_sandbox(sandbox_id: str, body: ForkBody, ctx: Ctx, principal: Auth) -> SandboxList:
+    """``count`` copies of the sandbox, files and (where possible) memory; all or none."""
+    records = await ctx.snapshots.fork(principal, sandbox_id, body.count)
+    return SandboxList(sandboxes=[SandboxOut.of(r) for r in records])
 
 
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
