@@ -24,6 +24,7 @@ import pytest
 from server_harness import ServerProcess, free_port, new_server, shut_down
 
 from atelier.images.store import TemplateInfo
+from ci_support import skip_unless_ci
 
 pytestmark = [
     pytest.mark.integration,
@@ -373,7 +374,7 @@ def _wait_port_cmd(port: int) -> str:
 
 def test_agent_forwarding(gw: Gateway) -> None:
     if not shutil.which("ssh-agent") or not shutil.which("ssh-add"):
-        pytest.skip("needs ssh-agent and ssh-add")
+        skip_unless_ci("needs ssh-agent and ssh-add (openssh-client)")
     # the host's ssh-add runs in the sandbox (the base template is the same Debian)
     target = f"{gw.sandbox_id}@127.0.0.1"
     up = subprocess.run(

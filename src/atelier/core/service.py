@@ -213,7 +213,7 @@ class SandboxService:
         ):
             raise InvalidRequest(
                 f"the {runtime.name} runtime has no sandbox networking yet: "
-                f"use network mode 'none' or the gvisor runtime",
+                f"use network mode 'none' or the gvisor or qemu runtime",
                 details={"runtime": runtime.name, "network": policy.mode},
             )
 
@@ -312,7 +312,10 @@ class SandboxService:
                 rec.memory_mib,
                 rec.disk_mib,
             )
-            prebootable = self.preboots.supported(runtime)
+            # a pre-booted snapshot has no network: networked sandboxes boot cold
+            prebootable = self.preboots.supported(runtime) and not (
+                spec.network is not None and spec.network.enabled
+            )
             snapshot = self.preboots.ready(shape) if prebootable else None
             try:
                 t0 = time.perf_counter()

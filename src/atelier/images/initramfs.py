@@ -63,7 +63,7 @@ ALWAYS_MODULES: tuple[tuple[str, str], ...] = (
 )
 # Loaded only when a virtio device of that id is present (``/sys/bus/virtio``).
 DEVICE_MODULES: tuple[tuple[int, str, str], ...] = (
-    (1, "virtio_net", "network device (issue 5); none is attached yet"),
+    (1, "virtio_net", "the sandbox's NIC (a TAP in its netns; modes egress/open)"),
     (4, "virtio_rng", "entropy from the host: the guest CRNG is ready at once"),
     (19, "vmw_vsock_virtio_transport", "vsock, an alternative agent channel on KVM hosts"),
 )
@@ -72,6 +72,7 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = (
     "sh", "mount", "umount", "insmod", "switch_root", "mkdir", "cat", "echo", "sleep",
     "ls", "chroot", "hostname", "cp", "ln", "chmod", "env", "poweroff", "test", "[",
+    "ip", "rm",
 )  # fmt: skip
 _MODULE_SUFFIXES = (".ko", ".ko.xz")
 
@@ -170,11 +171,38 @@ for dev in /sys/bus/virtio/devices/*; do
     esac
 done
 hostname_arg=
+net_arg=
+dns_arg=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atelier.hostname=*) hostname_arg="${word#atelier.hostname=}" ;;
+        atelier.net=*) net_arg="${word#atelier.net=}" ;;
+        atelier.dns=*) dns_arg="${word#atelier.dns=}" ;;
     esac
 done
+ip link set lo up 2>/dev/null
+if [ -n "$net_arg" ]; then
+    # atelier.net=<address>/<prefixlen>,<gateway>,<mac>,<mtu>: the NIC with that MAC
+    old_ifs=$IFS
+    IFS=,
+    set -- $net_arg
+    IFS=$old_ifs
+    net_if=
+    n=0
+    while [ -z "$net_if" ]; do
+        for dev in /sys/class/net/*; do
+            [ "$(cat "$dev/address" 2>/dev/null)" = "$3" ] && net_if="${dev##*/}"
+        done
+        [ -n "$net_if" ] && break
+        n=$((n + 1))
+        [ "$n" -gt 250 ] && fail "no network interface with MAC $3"
+        sleep 0.02
+    done
+    ip link set "$net_if" mtu "$4" up || fail "cannot bring up $net_if"
+    ip addr add "$1" dev "$net_if" || fail "cannot give $net_if the address $1"
+    ip route add default via "$2" dev "$net_if" || fail "cannot route via $2"
+    set --
+fi
 n=0
 while [ ! -b /dev/vda ]; do
     n=$((n + 1))
@@ -188,6 +216,17 @@ mkdir /newroot/.atelier/agent
 cp -a /atelier/agent/. /newroot/.atelier/agent/ || fail "cannot copy the agent"
 mount -o remount,ro /newroot/.atelier
 mount -t tmpfs -o mode=0755,size=64m atelier-run /newroot/run/atelier
+if [ -n "$dns_arg" ] && [ -d /newroot/etc ] && [ ! -L /newroot/etc ]; then
+    rm -f /newroot/etc/resolv.conf  # a link from the image is replaced, not followed
+    old_ifs=$IFS
+    IFS=,
+    {
+        echo "# written by Atelier (docs/network.md)"
+        for ns in $dns_arg; do echo "nameserver $ns"; done
+        echo "options timeout:2 attempts:2"
+    } >/newroot/etc/resolv.conf
+    IFS=$old_ifs
+fi
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys

@@ -13,8 +13,16 @@ __all__ = ["host_runtimes"]
 
 
 def host_runtimes(settings: Settings) -> list[Runtime]:
+    from ..network import NetworkManager
     from .firecracker import FirecrackerRuntime
     from .gvisor import GVisorRuntime
     from .qemu import QemuRuntime
 
-    return [GVisorRuntime(settings), QemuRuntime(settings), FirecrackerRuntime(settings)]
+    # one NetworkManager for every runtime with sandbox networks: one lease file,
+    # one DNS forwarder, one lock per sandbox
+    network = NetworkManager(settings)
+    return [
+        GVisorRuntime(settings, network=network),
+        QemuRuntime(settings, network=network),
+        FirecrackerRuntime(settings),
+    ]

@@ -41,6 +41,7 @@ def test_contract(runtime: QemuRuntime, tmp_path: Path) -> None:
         | Capability.MEMORY_SNAPSHOT
         | Capability.PERSISTENT_DISK
         | Capability.HIBERNATE
+        | Capability.NETWORK
     )
     assert runtime.agent_socket("sb-1") == tmp_path / "qemu/sb-1/run/agent.sock"
     assert runtime.log_path("sb-1") == tmp_path / "qemu/sb-1/console.log"

@@ -84,6 +84,7 @@ class GVisorRuntime:
         *,
         init_argv: Sequence[str] | None = None,
         state_dir: Path | None = None,
+        network: NetworkManager | None = None,
     ) -> None:
         """``init_argv`` replaces the agent as the sandbox's init (tests and
         benchmarks only); by default the agent runs on the bundled interpreter
@@ -92,14 +93,16 @@ class GVisorRuntime:
         ``state_dir`` keeps this runtime's sandboxes (``<state_dir>/sandboxes``)
         and runsc state (``<state_dir>/runsc``) apart from the server's, so
         its sandboxes are invisible to the server's reconciler (template
-        builds use ``<data_dir>/builds``). Default: the settings' dirs."""
+        builds use ``<data_dir>/builds``). Default: the settings' dirs.
+        ``network``: the host's NetworkManager, shared with the QEMU runtime
+        (one DNS forwarder, one lock per sandbox); default: its own."""
         self.settings = settings
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir is not None else None
         self.init_argv = list(init_argv) if init_argv is not None else None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._availability: RuntimeAvailability | None = None
         self._runsc: Runsc | None = None
-        self._network: NetworkManager | None = None
+        self._network: NetworkManager | None = network
 
     # -- paths ----------------------------------------------------------------
     @property

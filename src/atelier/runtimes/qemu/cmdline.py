@@ -16,6 +16,11 @@ The shape::
       -object rng-random,... -device virtio-rng-device
       -pidfile qemu.pid [-runas <user>] [-sandbox on,...] [-incoming defer]
 
+With a network (net.py) the argv starts with ``nsenter --net=<netns> --``
+(QEMU runs in the sandbox's namespace) and ``-nic none`` becomes
+``-netdev tap,ifname=tap0,script=no,downscript=no,id=net0 -device
+virtio-net-device,netdev=net0,mac=<mac>`` (microvm: virtio-mmio, no PCI).
+
 Disks are handed over as file descriptors (``-add-fd`` + ``/dev/fdset/N``)
 and wired explicitly with ``-blockdev``: QEMU drops root (``-runas``) after
 start-up and must still reopen images by itself (continuing after a
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .accel import AccelChoice
+from .net import GuestNic, guest_args
 
 __all__ = [
     "AGENT_PORT",
@@ -81,6 +87,7 @@ class VmConfig:
     seccomp: bool = True
     incoming: bool = False  # -incoming defer: wait for migrate-incoming (restore)
     rng: bool = True
+    nic: GuestNic | None = None  # None: no network device at all (mode none)
 
 
 def _chardev_socket(ident: str, path: Path) -> list[str]:
@@ -118,7 +125,9 @@ def build_argv(cfg: VmConfig, layer_fds: Sequence[Sequence[int]]) -> list[str]:
     """The QEMU argv for ``cfg``; ``layer_fds[i]`` are the open descriptors of
     ``cfg.disks[i]`` (read-write and read-only ones for a writable layer)."""
     share = "on" if cfg.memory_shared else "off"
+    prefix = ["nsenter", f"--net={cfg.nic.netns_path}", "--"] if cfg.nic else []
     argv = [
+        *prefix,
         cfg.qemu,
         "-name", f"atelier-{cfg.name}",
         "-machine", "microvm,memory-backend=mem",
@@ -127,7 +136,7 @@ def build_argv(cfg: VmConfig, layer_fds: Sequence[Sequence[int]]) -> list[str]:
         "-m", f"{cfg.memory_mib}M",
         "-smp", str(cfg.vcpus),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-nic", "none",
+        *_nic_args(cfg.nic),
         "-object",
         f"memory-backend-file,id=mem,size={cfg.memory_mib}M,mem-path={cfg.memory_file},share={share}",
         "-kernel", str(cfg.kernel),
@@ -157,6 +166,15 @@ def build_argv(cfg: VmConfig, layer_fds: Sequence[Sequence[int]]) -> list[str]:
     if cfg.incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def _nic_args(nic: GuestNic | None) -> list[str]:
+    if nic is None:
+        return ["-nic", "none"]
+    return [
+        "-netdev", f"tap,id=net0,ifname={nic.tap},script=no,downscript=no",
+        "-device", f"virtio-net-device,netdev=net0,mac={nic.mac}",
+    ]  # fmt: skip
 
 
 def open_disk_fds(disks: Sequence[DiskLayer]) -> list[list[int]]:
@@ -201,6 +219,7 @@ def kernel_cmdline(
     tsc_khz: int | None,
     hostname: str | None = None,
     quiet: bool = True,
+    nic: GuestNic | None = None,
 ) -> str:
     """The guest kernel's command line.
 
@@ -213,7 +232,9 @@ def kernel_cmdline(
     * ``cryptomgr.notests``: no crypto self-tests (about 0.4 s under TCG);
     * ``mitigations=off`` under TCG only: TCG does not speculate;
     * no ``acpi=off``: virtio-mmio devices are found through ACPI (this
-      kernel lacks ``VIRTIO_MMIO_CMDLINE_DEVICES``).
+      kernel lacks ``VIRTIO_MMIO_CMDLINE_DEVICES``);
+    * ``atelier.net=`` / ``atelier.dns=`` with a NIC: the guest's address,
+      gateway, MAC, MTU and resolvers, applied by ``/init`` (net.guest_args).
     """
     words = ["console=ttyS0", "panic=-1"]
     if tsc_khz:
@@ -225,4 +246,5 @@ def kernel_cmdline(
         words.append("quiet")
     if hostname:
         words.append(f"atelier.hostname={hostname}")
+    words += guest_args(nic)
     return " ".join(words)

@@ -21,6 +21,7 @@ from .boot import boot_files, spawn
 from .cgroups import VmCgroup
 from .cmdline import DiskLayer, VmConfig, host_tsc_khz, kernel_cmdline
 from .files import SandboxFiles, write_json
+from .net import GuestNic
 from .process import kill_and_wait
 
 __all__ = ["CONTROL_TIMEOUT", "RESET_TIMEOUT", "Launcher"]
@@ -41,6 +42,7 @@ class Launcher:
     quiet_console: bool
     kernels_dir: Path
     cgroup: VmCgroup | None
+    nic: GuestNic | None = None  # the sandbox's network (net.py), None for mode none
 
     def config(self, **kw: Any) -> VmConfig:
         files = self.files
@@ -57,6 +59,7 @@ class Launcher:
             control_socket=files.control,
             pidfile=files.pidfile,
             run_as=self.run_as,
+            nic=self.nic,
             **kw,
         )
 
@@ -68,6 +71,7 @@ class Launcher:
             tsc_khz=host_tsc_khz(),
             hostname=self.spec.hostname,
             quiet=self.quiet_console,
+            nic=self.nic,
         )
         self.files.memory.unlink(missing_ok=True)  # a cold boot starts from zeroed RAM
         cfg = self.config(

@@ -10,12 +10,20 @@ destroy     kill, remove the cgroups and the dir
 KVM where it can boot a standard guest, TCG otherwise (accel.py). QEMU runs
 in its own session and cgroup, drops root (``-runas``) after start-up and
 runs under its seccomp filter. Files: see files.py; command line: cmdline.py.
+
+A sandbox whose spec has a network policy other than ``none`` gets the
+gVisor runtime's namespace, veth, nftables rules and DNS (the same
+NetworkManager), made before every start, and a TAP device bridged to the
+veth inside that namespace, where QEMU runs (net.py). Memory snapshots and
+hibernation of such sandboxes are refused: a restored guest would come back
+with the snapshot's address and without its namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -36,9 +44,10 @@ from ...errors import (
 )
 from ...images.diskimage import create_overlay, ensure_base_disk
 from ...images.kernel import GuestKernel, find_kernel
+from ...network import NetworkManager
 from ..base import Capability, RuntimeAvailability, RuntimeState, SandboxSpec
 from ..common import boot_id as _boot_id
-from . import guest, hibernate, snapshots
+from . import guest, hibernate, net, snapshots
 from .accel import AccelChoice, detect_accel
 from .boot import boot_files, quit_vm
 from .cgroups import VmCgroup
@@ -75,9 +84,12 @@ class QemuRuntime:
         qemu_bin: str | None = None,
         run_as: str | None = None,
         quiet_console: bool = True,
+        network: NetworkManager | None = None,
     ) -> None:
         """``accel`` forces kvm/tcg (default: ``ATELIER_QEMU_ACCEL`` or a probe);
-        ``run_as`` is the user QEMU drops to (default ``nobody``; ``root`` keeps root)."""
+        ``run_as`` is the user QEMU drops to (default ``nobody``; ``root`` keeps root);
+        ``network``: the host's NetworkManager, shared with the other runtimes
+        (default: one of its own over ``<data_dir>/network``)."""
         self.settings = settings
         self.qemu_bin = qemu_bin or os.environ.get("ATELIER_QEMU_BIN") or "qemu-system-x86_64"
         self.forced_accel = accel or os.environ.get("ATELIER_QEMU_ACCEL") or None
@@ -86,6 +98,7 @@ class QemuRuntime:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._availability: RuntimeAvailability | None = None
         self._version: str | None = None
+        self._network = network
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -105,6 +118,17 @@ class QemuRuntime:
     def log_path(self, sandbox_id: str) -> Path:
         return self.files(sandbox_id).console
 
+    @property
+    def network(self) -> NetworkManager:
+        """Sandbox networks (shared with the gVisor runtime when the host made both)."""
+        if self._network is None:
+            self._network = NetworkManager(self.settings)
+        return self._network
+
+    def load_spec(self, files: SandboxFiles) -> SandboxSpec:
+        """The saved spec with its network policy (kept in its own file, net.py)."""
+        return dataclasses.replace(files.load_spec(), network=net.load_policy(files.base))
+
     # -- capabilities / availability ------------------------------------------------
     def capabilities(self) -> Capability:
         return (
@@ -112,6 +136,7 @@ class QemuRuntime:
             | Capability.MEMORY_SNAPSHOT
             | Capability.PERSISTENT_DISK
             | Capability.HIBERNATE
+            | Capability.NETWORK
         )
 
     def accel(self) -> AccelChoice:
@@ -163,16 +188,24 @@ class QemuRuntime:
             await asyncio.to_thread(ensure_base_disk, rootfs)
 
     async def aclose(self) -> None:
-        """Nothing runs in the background."""
+        """Stop the network's background work (domain refresher, DNS forwarder);
+        sandboxes keep running."""
+        if self._network is not None:
+            await self._network.aclose()
 
     def info(self, sandbox_id: str) -> dict[str, Any]:
         """What the sandbox runs on: accel, guest kernel, boot mode (for sandbox info)."""
         files = self.files(sandbox_id)
-        with contextlib.suppress(AtelierError):
+        out: dict[str, Any]
+        try:
             boot = read_json(files.boot)
-            return {k: boot.get(k) for k in ("accel", "kernel_version", "mode", "qemu_version")}
-        kernel = self.kernel()
-        return {"accel": self.accel().name, "kernel_version": kernel.version if kernel else None}
+            out = {k: boot.get(k) for k in ("accel", "kernel_version", "mode", "qemu_version")}
+        except AtelierError:
+            kernel = self.kernel()
+            out = {"accel": self.accel().name, "kernel_version": kernel.version if kernel else None}
+        network = self.network.info(sandbox_id)
+        out["network"] = network.to_json() if network is not None else {"mode": "none"}
+        return out
 
     # -- create ---------------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> None:
@@ -187,6 +220,9 @@ class QemuRuntime:
         files = self.files(spec.sandbox_id)
         files.check_socket_paths()
         validate_spec(spec, self.settings)
+        if snapshot is not None and net.networked(spec.network):
+            raise InvalidRequest(_no_memory_state("restoring a memory snapshot", spec))
+        net.check_tools(spec.network)
         self._require_available()
         info = await asyncio.to_thread(snapshots.load_snapshot, snapshot) if snapshot else None
         if info is not None:
@@ -198,7 +234,7 @@ class QemuRuntime:
                     )
         async with self._locked(spec.sandbox_id):
             if files.complete():
-                if files.load_spec() == spec:
+                if self.load_spec(files) == spec:
                     return  # already created with this very spec
                 raise Conflict(f"sandbox {spec.sandbox_id} already exists with another spec")
             if files.base.exists() or self._pid(files) is not None:
@@ -223,6 +259,7 @@ class QemuRuntime:
                     )
                     write_json(files.restore, {"snapshot": str(info.path)})
                 write_json(files.disk_meta, {"chain": layers_to_json(chain)})
+                net.save_policy(files.base, spec.network)
                 files.save_spec(spec)  # last: marks the sandbox as complete
             except BaseException as exc:
                 with contextlib.suppress(Exception):
@@ -243,11 +280,18 @@ class QemuRuntime:
             if hibernate.is_hibernated(files):
                 await self._wake(files, accel)  # never a cold boot: that loses the memory
                 return
-            spec = files.load_spec()
+            spec = self.load_spec(files)
             self._cleanup_run(files)
             chain = layers_from_json(read_json(files.disk_meta).get("chain"))
             disks = (*chain, DiskLayer(files.overlay, "qcow2", writable=True))
-            launcher = self._launcher(spec, files, accel, disks)
+            nic = None
+            if net.networked(spec.network):
+                assert spec.network is not None
+                # (re)made before every start, like gVisor's; the tap joins it
+                info = await self.network.setup(sandbox_id, spec.network)
+                await net.attach_tap(str(info.netns))
+                nic = net.guest_nic(info)
+            launcher = self._launcher(spec, files, accel, disks, nic)
             if files.restore.exists() and not files.started.exists():
                 snapshot = snapshots.load_snapshot(Path(read_json(files.restore)["snapshot"]))
                 await launcher.restore(snapshot)
@@ -261,6 +305,7 @@ class QemuRuntime:
         files: SandboxFiles,
         accel: AccelChoice,
         disks: tuple[DiskLayer, ...],
+        nic: net.GuestNic | None = None,
     ) -> Launcher:
         return Launcher(
             spec=spec,
@@ -273,6 +318,7 @@ class QemuRuntime:
             quiet_console=self.quiet_console,
             kernels_dir=self.kernels_dir,
             cgroup=self._cgroup(spec.sandbox_id),
+            nic=nic,
         )
 
     def _cleanup_run(self, files: SandboxFiles) -> None:
@@ -343,7 +389,9 @@ class QemuRuntime:
                 )
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise Conflict(f"snapshot destination {dest} exists and is not empty")
-            spec = files.load_spec()
+            spec = self.load_spec(files)
+            if net.networked(spec.network):
+                raise InvalidRequest(_no_memory_state("a memory snapshot", spec))
             meta = {
                 "source": sandbox_id,
                 "template": spec.template,
@@ -368,6 +416,10 @@ class QemuRuntime:
                 if hibernate.is_hibernated(files):
                     return
                 raise InvalidStateTransition(f"sandbox {sandbox_id} is not running")
+            if files.complete():
+                spec = self.load_spec(files)
+                if net.networked(spec.network):
+                    raise InvalidRequest(_no_memory_state("hibernate", spec))
             await hibernate.save(files)
             marker = str(files.qmp)
             with contextlib.suppress(QmpClosed, QmpError, OSError, TimeoutError):
@@ -416,6 +468,7 @@ class QemuRuntime:
             if not group.remove():
                 break
             await asyncio.sleep(0.05)  # the killed process leaves its cgroup a bit later
+        await self.network.teardown(files.base.name)  # after QEMU: it holds the tap
         if files.base.exists():
             await asyncio.to_thread(shutil.rmtree, files.base)
 
@@ -444,6 +497,7 @@ class QemuRuntime:
                 with contextlib.suppress(InvalidRequest):
                     if entry.is_dir():
                         ids.add(check_id(entry.name))
+        ids.update(self.network.sandbox_ids())  # a network left by a crash
         pattern = re.compile(re.escape(str(self.root)) + r"/([^/,]+)/qmp\.sock")
         for pid in find_processes(str(self.root) + "/"):
             with contextlib.suppress(OSError):
@@ -452,3 +506,12 @@ class QemuRuntime:
                     with contextlib.suppress(InvalidRequest):
                         ids.add(check_id(match.group(1)))
         return sorted(ids)
+
+
+def _no_memory_state(what: str, spec: SandboxSpec) -> str:
+    mode = spec.network.mode if spec.network is not None else "none"
+    return (
+        f"{what} is not supported for sandboxes with a network (mode {mode!r}) on "
+        "QEMU: the guest would come back with the snapshot's address, outside its "
+        "namespace; use network mode 'none' or stop and start the sandbox"
+    )
