@@ -514,10 +514,16 @@ class SandboxService:
         return await self._freeze(principal, sandbox_id, S.PAUSED, "pause")
 
     async def resume(self, principal: Principal, sandbox_id: str) -> SandboxRecord:
-        rec = await self.get(principal, sandbox_id)
-        if rec.state == S.HIBERNATED:
-            return await self.wake(principal, sandbox_id)
-        return await self._freeze(principal, sandbox_id, S.RUNNING, "resume")
+        """Thaw a paused sandbox (one read of the row, under the lock); wake a hibernated one."""
+        try:
+            async with self.lock(sandbox_id):
+                rec = await self.get(principal, sandbox_id)
+                if rec.state != S.HIBERNATED:
+                    return await self._freeze_locked(principal, rec, S.RUNNING, "resume")
+        except SandboxNotFound:
+            self._locks.pop(sandbox_id, None)
+            raise
+        return await self.wake(principal, sandbox_id)
 
     async def pause_locked(self, rec: SandboxRecord) -> SandboxRecord:
         """Pause (the idle policy; the caller holds :meth:`lock` and checked PAUSE)."""
@@ -623,18 +629,28 @@ class SandboxService:
     async def _freeze(
         self, principal: Principal, sandbox_id: str, target: SandboxState, verb: str
     ) -> SandboxRecord:
-        await self.get(principal, sandbox_id)
-        async with self.lock(sandbox_id):
-            rec = await self.repo.get_sandbox(sandbox_id)
-            runtime = self.runtimes.get(rec.runtime)
-            if Capability.PAUSE not in runtime.capabilities():
-                raise InvalidRequest(f"the {runtime.name} runtime cannot {verb} sandboxes")
-            check_transition(rec.id, rec.state, target, verb)
-            if target == S.PAUSED:
-                await runtime.pause(rec.id)
-            else:
-                await runtime.resume(rec.id)
-            rec = await self.repo.update_sandbox(rec.id, state=target)
+        try:
+            async with self.lock(sandbox_id):
+                return await self._freeze_locked(
+                    principal, await self.get(principal, sandbox_id), target, verb
+                )
+        except SandboxNotFound:
+            self._locks.pop(sandbox_id, None)
+            raise
+
+    async def _freeze_locked(
+        self, principal: Principal, rec: SandboxRecord, target: SandboxState, verb: str
+    ) -> SandboxRecord:
+        """Pause or resume ``rec`` (read under the lock the caller holds)."""
+        runtime = self.runtimes.get(rec.runtime)
+        if Capability.PAUSE not in runtime.capabilities():
+            raise InvalidRequest(f"the {runtime.name} runtime cannot {verb} sandboxes")
+        check_transition(rec.id, rec.state, target, verb)
+        if target == S.PAUSED:
+            await runtime.pause(rec.id)
+        else:
+            await runtime.resume(rec.id)
+        rec = await self.repo.update_sandbox(rec.id, state=target)
         await self.repo.record_event(verb, rec.id, principal.token_id)
         return rec
 
