@@ -6,10 +6,12 @@ every connection with a token. Nothing here sends traffic anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ __all__ = [
     "PORT",
     "SERVER_SCRIPT",
     "TOKEN",
+    "HostServer",
     "Remote",
     "need_host",
     "new_net_ids",
@@ -146,3 +149,34 @@ def _wait_listening(ns: str, port: int) -> None:
             return
         threading.Event().wait(0.05)
     raise AssertionError(f"server in {ns} did not listen on {port}")
+
+
+class HostServer:
+    """A TCP server on this host (loopback or a sandbox's gateway address)."""
+
+    def __init__(self, addr: str, token: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.token = token
+        self.hits = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            with conn:
+                conn.sendall(self.token.encode() + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,15 @@ from atelier.network import NetworkPolicy, firewall, netns
 from atelier.runtimes.base import SandboxSpec
 from atelier.runtimes.gvisor import GVisorRuntime, layers
 from ci_support import skip_unless_ci
-from netns_remote import PORT, SERVER_SCRIPT, TOKEN, Remote, new_net_ids, remote_namespace
+from netns_remote import (
+    PORT,
+    SERVER_SCRIPT,
+    TOKEN,
+    HostServer,
+    Remote,
+    new_net_ids,
+    remote_namespace,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,37 +139,6 @@ async def reach(rt: GVisorRuntime, sid: str, ip: str, port: int = PORT) -> str:
     script = f"exec 3<>/dev/tcp/{ip}/{port} && head -n1 <&3"
     res = await rt.exec(sid, ["timeout", "3", "bash", "-c", script], timeout=20)
     return res.stdout.strip() if res.returncode == 0 else ""
-
-
-class HostServer:
-    """A TCP server on this host (loopback or a sandbox's gateway address)."""
-
-    def __init__(self, addr: str, token: str) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((addr, 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.token = token
-        self.hits = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            with conn:
-                conn.sendall(self.token.encode() + b"\n")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(5)
 
 
 # -- tests ------------------------------------------------------------------------

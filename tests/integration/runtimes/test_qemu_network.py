@@ -35,7 +35,15 @@ from atelier.runtimes.base import SandboxSpec
 from atelier.runtimes.qemu import QemuRuntime
 from atelier.runtimes.qemu.process import find_processes, read_pid
 from ci_support import skip_unless_ci
-from netns_remote import PORT, SERVER_SCRIPT, TOKEN, Remote, new_net_ids, remote_namespace
+from netns_remote import (
+    PORT,
+    SERVER_SCRIPT,
+    TOKEN,
+    HostServer,
+    Remote,
+    new_net_ids,
+    remote_namespace,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -169,36 +177,6 @@ async def assert_no_trace(rt: QemuRuntime, sid: str) -> None:
     assert sid not in mgr.ipam.leases(), "lease left behind"
     names = await firewall.list_ifnames(mgr.firewall.table)
     assert host_if not in (names or set()), "nftables objects left behind"
-
-
-class HostServer:
-    """A TCP server on one of this host's addresses, counting connections."""
-
-    def __init__(self, addr: str, token: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((addr, 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.token = token
-        self.hits = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            with conn:
-                conn.sendall(self.token.encode() + b"\n")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(5)
 
 
 def ns_links(name: str) -> set[str]:
