@@ -15,7 +15,6 @@ See docs/lifecycle.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -28,6 +27,7 @@ from ..errors import AtelierError, InvalidRequest
 from ..runtimes.base import Capability
 from ..store.repository import utcnow
 from .models import AutoStop, SandboxRecord, SandboxState
+from .periodic import Periodic
 
 if TYPE_CHECKING:
     from .service import SandboxService
@@ -133,7 +133,7 @@ class IdlePolicy:
     def __init__(self, service: SandboxService, interval: float) -> None:
         self.service = service
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("idle-policy", interval, self.tick, log)
 
     @property
     def activity(self) -> ActivityTracker:
@@ -222,21 +222,8 @@ class IdlePolicy:
         if saved is None or last - saved >= SAVE_EVERY:
             await self.service.repo.update_sandbox(rec.id, last_active_at=last)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("idle policy pass failed")
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="idle-policy")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()

@@ -8,13 +8,13 @@ Every tick (``tick``): sandboxes whose timeout passed are stopped.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
 from ..errors import AtelierError
 from ..store.repository import utcnow
 from .models import SandboxState
+from .periodic import Periodic
 from .service import SandboxService
 
 __all__ = ["Reconciler"]
@@ -37,7 +37,7 @@ class Reconciler:
     def __init__(self, service: SandboxService, interval: float = 1.0) -> None:
         self.service = service
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("reconciler", interval, self.tick, log)
 
     async def recover(self) -> None:
         repo = self.service.repo
@@ -69,21 +69,8 @@ class Reconciler:
                 except AtelierError as exc:
                     log.warning("auto-stop of %s failed: %s", rec.id, exc)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("reconciler tick failed")
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="reconciler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()

@@ -4,10 +4,9 @@ policy had to defer. Started and stopped by the app lifespan."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
+from ..periodic import Periodic
 from .service import PrebuildService
 
 __all__ = ["PrebuildPoller"]
@@ -22,29 +21,17 @@ class PrebuildPoller:
         self.service = service
         self.tick = tick
         self.collect_every = collect_every
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = 0
+        self._loop = Periodic("prebuilds", tick, self._round, log)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="prebuilds")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _loop(self) -> None:
-        rounds = 0
-        while True:
-            try:
-                await self.service.poll_once()
-                if rounds % self.collect_every == 0:
-                    await self.service.collect_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad round must not stop the loop
-                log.exception("prebuild poll round failed")
-            rounds += 1
-            await asyncio.sleep(self.tick)
+    async def _round(self) -> None:
+        rounds, self._rounds = self._rounds, self._rounds + 1
+        await self.service.poll_once()
+        if rounds % self.collect_every == 0:
+            await self.service.collect_all()
